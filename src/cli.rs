@@ -1,0 +1,172 @@
+//! The `callstore` command line: flags, each with a `CALLSTORE_*` (or `DATABASE_URL`)
+//! environment variable, turned into the typed [`Config`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+use crate::config::{Config, DEFAULT_DATA_DIR, DEFAULT_LOCAL_DATABASE_URL};
+use crate::db::server::DatabaseSettings;
+use crate::telemetry::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "callstore",
+    version,
+    about = "System of record for the results of AI outbound calls"
+)]
+pub struct Cli {
+    /// Log line format.
+    #[arg(
+        long,
+        env = "CALLSTORE_LOG_FORMAT",
+        value_enum,
+        default_value = "pretty",
+        global = true
+    )]
+    pub log_format: LogFormat,
+    /// Log filter, in RUST_LOG syntax.
+    #[arg(
+        long,
+        env = "CALLSTORE_LOG",
+        default_value = "info,sqlx=warn",
+        global = true
+    )]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the gRPC API.
+    Serve(ServeArgs),
+    /// Apply pending database migrations, then exit.
+    Migrate(DatabaseArgs),
+}
+
+/// Where the database is.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// Postgres URL. When unset: the local default if a server answers there, else a private
+    /// server started from the installed PostgreSQL binaries.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// The local default tried when DATABASE_URL is unset.
+    #[arg(long, env = "CALLSTORE_LOCAL_DATABASE_URL", default_value = DEFAULT_LOCAL_DATABASE_URL)]
+    pub local_database_url: String,
+    /// Directory of the private PostgreSQL server's data (kept between runs).
+    #[arg(long, env = "CALLSTORE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+}
+
+impl DatabaseArgs {
+    pub fn settings(&self) -> DatabaseSettings {
+        DatabaseSettings {
+            url: self.database_url.clone(),
+            local_url: self.local_database_url.clone(),
+            data_dir: self.data_dir.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address of the gRPC listener.
+    #[arg(long, env = "CALLSTORE_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Maximum connections in the database pool.
+    #[arg(long, env = "CALLSTORE_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+    /// How long a request waits for a database connection.
+    #[arg(long, env = "CALLSTORE_DB_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub db_acquire_timeout: Duration,
+    /// Apply pending migrations at start-up.
+    #[arg(long, env = "CALLSTORE_MIGRATE_ON_START", default_value_t = true, action = ArgAction::Set)]
+    pub migrate_on_start: bool,
+    /// How long in-flight calls may finish after SIGTERM/SIGINT.
+    #[arg(long, env = "CALLSTORE_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    /// How often readiness re-checks the database.
+    #[arg(long, env = "CALLSTORE_READINESS_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub readiness_interval: Duration,
+    /// HTTP/2 keepalive ping interval.
+    #[arg(long, env = "CALLSTORE_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub http2_keepalive_interval: Duration,
+    /// HTTP/2 keepalive ping timeout.
+    #[arg(long, env = "CALLSTORE_HTTP2_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http2_keepalive_timeout: Duration,
+}
+
+impl ServeArgs {
+    pub fn config(&self) -> Config {
+        let mut config = Config::new(self.listen, None);
+        config.database = self.database.settings();
+        config.pool.max_connections = self.db_max_connections;
+        config.pool.acquire_timeout = self.db_acquire_timeout;
+        config.migrate_on_start = self.migrate_on_start;
+        config.shutdown_grace = self.shutdown_grace;
+        config.readiness_interval = self.readiness_interval;
+        config.http2_keepalive_interval = self.http2_keepalive_interval;
+        config.http2_keepalive_timeout = self.http2_keepalive_timeout;
+        config
+    }
+}
+
+/// Parses a duration such as `500ms`, `30s`, `5m` or `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|character: char| !character.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as 500ms, 30s, 5m or 1h"))?;
+    let seconds_per_unit = match unit {
+        "ms" => return Ok(Duration::from_millis(value)),
+        "s" | "" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(format!("`{text}` has an unknown unit; use ms, s, m or h")),
+    };
+    Ok(Duration::from_secs(value.saturating_mul(seconds_per_unit)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_durations_with_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn rejects_malformed_durations() {
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("5 days").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn serve_defaults_to_loopback_and_the_embedded_database() {
+        let cli = Cli::try_parse_from(["callstore", "serve"]).expect("parses");
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve");
+        };
+        let config = args.config();
+        assert!(config.listen_addr.ip().is_loopback());
+        assert_eq!(config.database.local_url, DEFAULT_LOCAL_DATABASE_URL);
+        assert!(config.migrate_on_start);
+    }
+}

@@ -1,0 +1,57 @@
+//! Typed configuration of the server, validated once at start-up. The command line (`cli.rs`)
+//! fills it from flags and `CALLSTORE_*` / `DATABASE_URL` environment variables; tests build it
+//! directly.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::db::PoolSettings;
+use crate::db::server::DatabaseSettings;
+
+/// The local server tried when `DATABASE_URL` is unset.
+pub const DEFAULT_LOCAL_DATABASE_URL: &str = "postgres://localhost:5432/callstore";
+/// Where a private PostgreSQL server keeps its data by default.
+pub const DEFAULT_DATA_DIR: &str = ".callstore";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address of the gRPC listener; port 0 picks a free port.
+    pub listen_addr: SocketAddr,
+    pub database: DatabaseSettings,
+    pub pool: PoolSettings,
+    /// Apply pending migrations at start-up (under the advisory lock).
+    pub migrate_on_start: bool,
+    /// How long in-flight calls may run on after a shutdown signal before they are cut.
+    pub shutdown_grace: Duration,
+    /// How often readiness re-checks the database.
+    pub readiness_interval: Duration,
+    /// HTTP/2 keepalive ping interval, so idle streams survive proxies.
+    pub http2_keepalive_interval: Duration,
+    /// How long to wait for a keepalive ping's answer before closing the connection.
+    pub http2_keepalive_timeout: Duration,
+}
+
+impl Config {
+    /// A configuration with the defaults of `callstore serve`, for the given listener and
+    /// database URL (`None` means the embedded default).
+    pub fn new(listen_addr: SocketAddr, database_url: Option<String>) -> Self {
+        Self {
+            listen_addr,
+            database: DatabaseSettings {
+                url: database_url,
+                local_url: DEFAULT_LOCAL_DATABASE_URL.to_owned(),
+                data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            },
+            pool: PoolSettings {
+                max_connections: 16,
+                acquire_timeout: Duration::from_secs(5),
+            },
+            migrate_on_start: true,
+            shutdown_grace: Duration::from_secs(30),
+            readiness_interval: Duration::from_secs(5),
+            http2_keepalive_interval: Duration::from_secs(30),
+            http2_keepalive_timeout: Duration::from_secs(10),
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The one error type of the API layer and its mapping to `tonic::Status`.
+//!
+//! Every handler returns `Result<_, ApiError>`; the conversion below is the only place that
+//! decides which gRPC code a client sees. Internal causes are logged here with their full chain
+//! and never sent to the client.
+
+use tonic::Code;
+use tonic_types::{ErrorDetails, StatusExt as _};
+
+/// One field of a request that failed validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// Path of the field, e.g. `calls[3].callee`.
+    pub field: String,
+    /// What is wrong with it, in lowercase English.
+    pub description: String,
+}
+
+impl FieldViolation {
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid argument: {} field violation(s)", .0.len())]
+    InvalidArgument(Vec<FieldViolation>),
+
+    #[error("{resource} not found")]
+    NotFound { resource: &'static str },
+
+    #[error("{0}")]
+    AlreadyExists(String),
+
+    #[error("{0}")]
+    FailedPrecondition(String),
+
+    #[error("{0}")]
+    ResourceExhausted(String),
+
+    #[error("{0}")]
+    Unavailable(String),
+
+    #[error("{method} is not implemented yet")]
+    Unimplemented { method: &'static str },
+
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn invalid_field(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+
+    pub fn unimplemented(method: &'static str) -> Self {
+        Self::Unimplemented { method }
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            Self::InvalidArgument(_) => Code::InvalidArgument,
+            Self::NotFound { .. } => Code::NotFound,
+            Self::AlreadyExists(_) => Code::AlreadyExists,
+            Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::ResourceExhausted(_) => Code::ResourceExhausted,
+            Self::Unavailable(_) => Code::Unavailable,
+            Self::Unimplemented { .. } => Code::Unimplemented,
+            Self::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<crate::db::DbError> for ApiError {
+    fn from(error: crate::db::DbError) -> Self {
+        use crate::db::DbError;
+        match error {
+            DbError::NotFound => Self::NotFound {
+                resource: "resource",
+            },
+            DbError::Conflict { constraint } => Self::AlreadyExists(format!(
+                "conflicts with an existing resource ({constraint})"
+            )),
+            DbError::Unavailable(cause) => {
+                tracing::warn!(error = %cause, "database unavailable");
+                Self::Unavailable("the database is unavailable, retry later".to_owned())
+            }
+            DbError::Other(cause) => Self::Internal(cause.into()),
+        }
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(error: ApiError) -> Self {
+        match error {
+            ApiError::InvalidArgument(violations) => {
+                let summary = match violations.as_slice() {
+                    [only] => format!("invalid {}: {}", only.field, only.description),
+                    many => format!("{} invalid fields", many.len()),
+                };
+                let mut details = ErrorDetails::new();
+                for violation in violations {
+                    details.add_bad_request_violation(violation.field, violation.description);
+                }
+                tonic::Status::with_error_details(Code::InvalidArgument, summary, details)
+            }
+            ApiError::Internal(cause) => {
+                tracing::error!(error = ?cause, "internal error");
+                tonic::Status::internal("internal error")
+            }
+            other => tonic::Status::new(other.code(), other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_argument_carries_field_violations() {
+        let status = tonic::Status::from(ApiError::InvalidArgument(vec![
+            FieldViolation::new("calls[0].callee", "must not be empty"),
+            FieldViolation::new("calls[2].dial_time", "is in the future"),
+        ]));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let bad_request = status
+            .get_details_bad_request()
+            .expect("status carries a BadRequest");
+        let fields: Vec<_> = bad_request
+            .field_violations
+            .iter()
+            .map(|violation| violation.field.as_str())
+            .collect();
+        assert_eq!(fields, ["calls[0].callee", "calls[2].dial_time"]);
+    }
+
+    #[test]
+    fn internal_errors_do_not_leak_their_cause() {
+        let status = tonic::Status::from(ApiError::Internal(anyhow::anyhow!(
+            "relation \"calls\" does not exist"
+        )));
+        assert_eq!(status.code(), Code::Internal);
+        assert_eq!(status.message(), "internal error");
+    }
+}

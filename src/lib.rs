@@ -1,0 +1,19 @@
+//! callstore: the system of record for the results of AI outbound phone calls, served over gRPC.
+//!
+//! `main.rs` is a thin shell over this library; the integration tests start the server through
+//! the same [`startup::Application`].
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod health;
+pub mod startup;
+pub mod telemetry;
+
+/// Code generated from `proto/callstore/v1` by `build.rs`. Never edited by hand.
+pub mod proto {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    tonic::include_proto!("callstore.v1");
+}

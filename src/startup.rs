@@ -1,0 +1,206 @@
+//! Builds and runs the server. `main` and the tests start it the same way: `Application::build`
+//! binds the listener (port 0 in tests) and finds the database; `run_until_stopped` serves until
+//! the shutdown future resolves, then drains.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+
+use crate::api;
+use crate::config::Config;
+use crate::db;
+use crate::db::server::ResolvedDatabase;
+use crate::health::{self, READINESS};
+use crate::proto;
+
+/// Descriptor set of callstore's protos and their imports, served by reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/callstore_descriptor.bin"));
+
+pub struct Application {
+    config: Config,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    pool: PgPool,
+    database: ResolvedDatabase,
+}
+
+impl Application {
+    /// Finds the database (starting a private server if that is what the configuration leads
+    /// to) and binds the listener. Does not wait for the database to be reachable: readiness
+    /// reports that.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let database = db::server::resolve(&config.database).await?;
+        let pool = db::lazy_pool(database.connect_options.clone(), &config.pool);
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
+        let local_addr = listener.local_addr()?;
+        Ok(Self {
+            config,
+            listener,
+            local_addr,
+            pool,
+            database,
+        })
+    }
+
+    /// The address the server listens on (with the real port when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Where the data lives, without credentials.
+    pub fn database_description(&self) -> &str {
+        &self.database.description
+    }
+
+    /// The connection pool, for tests that check what was stored.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Serves until `shutdown` resolves. Then readiness turns NOT_SERVING, the listener stops
+    /// accepting, and in-flight calls get `shutdown_grace` to finish before they are cut.
+    pub async fn run_until_stopped<F>(self, shutdown: F) -> anyhow::Result<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let Self {
+            config,
+            listener,
+            local_addr,
+            pool,
+            mut database,
+        } = self;
+
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+        reporter
+            .set_service_status(READINESS, ServingStatus::NotServing)
+            .await;
+
+        let stop = CancellationToken::new();
+        let readiness = tokio::spawn(health::track_readiness(
+            pool.clone(),
+            reporter.clone(),
+            config.migrate_on_start,
+            config.readiness_interval,
+            stop.child_token(),
+        ));
+
+        let router = Server::builder()
+            .http2_keepalive_interval(Some(config.http2_keepalive_interval))
+            .http2_keepalive_timeout(Some(config.http2_keepalive_timeout))
+            .trace_fn(|request| tracing::info_span!("grpc", rpc = %request.uri().path()))
+            .add_service(health_service)
+            .add_service(reflection_v1()?)
+            .add_service(reflection_v1alpha()?)
+            .add_service(proto::ingest_service_server::IngestServiceServer::new(
+                api::ingest::IngestApi,
+            ))
+            .add_service(proto::query_service_server::QueryServiceServer::new(
+                api::query::QueryApi,
+            ))
+            .add_service(proto::watch_service_server::WatchServiceServer::new(
+                api::watch::WatchApi,
+            ))
+            .add_service(proto::quality_service_server::QualityServiceServer::new(
+                api::quality::QualityApi,
+            ));
+
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let stop_accepting = CancellationToken::new();
+        let mut server = tokio::spawn(
+            router.serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned()),
+        );
+        tracing::info!(address = %local_addr, database = %database.description, "serving gRPC");
+
+        let served = tokio::select! {
+            result = &mut server => Some(result),
+            () = shutdown => None,
+        };
+        let result = match served {
+            // The server stopped on its own: that is an error, there was no shutdown signal.
+            Some(result) => flatten(result)
+                .and_then(|()| Err(anyhow::anyhow!("the server stopped unexpectedly"))),
+            None => {
+                tracing::info!(
+                    grace_ms = config.shutdown_grace.as_millis() as u64,
+                    "shutting down"
+                );
+                stop.cancel();
+                let _ = readiness.await;
+                reporter
+                    .set_service_status(READINESS, ServingStatus::NotServing)
+                    .await;
+                stop_accepting.cancel();
+                match tokio::time::timeout(config.shutdown_grace, &mut server).await {
+                    Ok(result) => flatten(result),
+                    Err(_elapsed) => {
+                        tracing::warn!(
+                            "in-flight calls did not finish within the grace period; cutting them"
+                        );
+                        server.abort();
+                        Ok(())
+                    }
+                }
+            }
+        };
+
+        stop.cancel();
+        pool.close().await;
+        if let Some(private_server) = database.private_server.as_mut() {
+            private_server.stop().await?;
+        }
+        tracing::info!("stopped");
+        result
+    }
+}
+
+fn flatten(
+    result: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) -> anyhow::Result<()> {
+    result
+        .context("the server task failed")?
+        .context("the server failed")
+}
+
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        // Both reflection versions are served, so both are listed whichever one a client asks.
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+}
+
+fn reflection_v1() -> anyhow::Result<
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+> {
+    reflection_builder()
+        .build_v1()
+        .context("cannot build the reflection service")
+}
+
+fn reflection_v1alpha() -> anyhow::Result<
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+> {
+    reflection_builder()
+        .build_v1alpha()
+        .context("cannot build the reflection service")
+}
