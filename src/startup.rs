@@ -62,6 +62,11 @@ impl Application {
         &self.database.description
     }
 
+    /// How the server connects to its database.
+    pub fn database_connect_options(&self) -> &sqlx::postgres::PgConnectOptions {
+        &self.database.connect_options
+    }
+
     /// The connection pool, for tests that check what was stored.
     pub fn pool(&self) -> &PgPool {
         &self.pool

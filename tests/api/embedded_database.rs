@@ -1,0 +1,34 @@
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use callstore::config::Config;
+
+use crate::helpers::{loopback_port_0, start};
+
+/// With no DATABASE_URL and nothing answering at the local default, `serve` starts a private
+/// PostgreSQL from the installed binaries, serves on it, and stops it on exit.
+#[tokio::test]
+async fn serve_starts_and_stops_a_private_postgres_when_no_server_answers() {
+    let data_dir =
+        std::env::temp_dir().join(format!("callstore-test-{}", uuid::Uuid::new_v4().simple()));
+    let mut config = Config::new(loopback_port_0(), None);
+    // Nothing listens on port 1.
+    config.database.local_url = "postgres://127.0.0.1:1/callstore".to_owned();
+    config.database.data_dir = data_dir.clone();
+    config.readiness_interval = std::time::Duration::from_millis(100);
+
+    let app = start(config).await;
+    app.wait_for_readiness(ServingStatus::Serving).await;
+    assert!(
+        data_dir.join("pg").join("PG_VERSION").exists(),
+        "the data directory is initialised"
+    );
+    let private_server = app.database.clone();
+    assert_eq!(private_server.get_host(), "127.0.0.1");
+    assert_ne!(private_server.get_port(), 1);
+
+    app.shutdown().await.expect("clean shutdown");
+
+    let after_exit = sqlx::ConnectOptions::connect(&private_server).await;
+    assert!(after_exit.is_err(), "the private server is stopped on exit");
+    let _ = std::fs::remove_dir_all(&data_dir);
+}

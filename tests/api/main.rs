@@ -1,0 +1,12 @@
+//! Integration tests: the real server on port 0 against a real Postgres, one fresh database per
+//! test, called through the generated gRPC clients. One test binary, so the database server and
+//! the migrated template are set up once.
+
+mod helpers;
+
+mod embedded_database;
+mod health;
+mod migrations;
+mod reflection;
+mod shutdown;
+mod unimplemented;

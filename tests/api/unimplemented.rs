@@ -1,0 +1,47 @@
+use tonic::Code;
+
+use callstore::proto::ingest_service_client::IngestServiceClient;
+use callstore::proto::quality_service_client::QualityServiceClient;
+use callstore::proto::query_service_client::QueryServiceClient;
+use callstore::proto::watch_service_client::WatchServiceClient;
+use callstore::proto::{
+    GetQualityRequest, IngestCallsRequest, ListCallsRequest, WatchCallsRequest,
+};
+
+use crate::helpers::spawn_app;
+
+#[tokio::test]
+async fn rpcs_not_implemented_yet_answer_unimplemented() {
+    let app = spawn_app().await;
+    let channel = app.channel().await;
+
+    let ingest = IngestServiceClient::new(channel.clone())
+        .ingest_calls(IngestCallsRequest::default())
+        .await
+        .expect_err("not implemented yet");
+    let query = QueryServiceClient::new(channel.clone())
+        .list_calls(ListCallsRequest::default())
+        .await
+        .expect_err("not implemented yet");
+    let watch = WatchServiceClient::new(channel.clone())
+        .watch_calls(WatchCallsRequest::default())
+        .await
+        .expect_err("not implemented yet");
+    let quality = QualityServiceClient::new(channel)
+        .get_quality(GetQualityRequest::default())
+        .await
+        .expect_err("not implemented yet");
+
+    for status in [ingest, query, watch, quality] {
+        assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+        assert!(
+            status
+                .message()
+                .to_lowercase()
+                .contains("not yet implemented"),
+            "the message says so: {status:?}"
+        );
+    }
+
+    app.shutdown().await.expect("clean shutdown");
+}
