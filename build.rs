@@ -22,6 +22,30 @@ const PROTO_FILES: &[&str] = &[
     "callstore/v1/quality_service.proto",
 ];
 
+const SERDE_ENUMS: &[&str] = &[
+    "SourceFormat",
+    "Carrier",
+    "Speaker",
+    "TaskRunState",
+    "NumberStatus",
+    "CallState",
+    "CallOutcome",
+    "Gender",
+    "HangupSide",
+    "TransferState",
+    "TransferTarget",
+    "CallMode",
+    "Satisfaction",
+    "NumberCheckStatus",
+    "NodeType",
+    "JumpType",
+    "QualitySource",
+    "QualityStatus",
+    "EmotionPolarity",
+    "Severity",
+    "QualityCallType",
+];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={PROTO_ROOT}");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
@@ -33,7 +57,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         file_descriptors.encode_to_vec(),
     )?;
 
-    tonic_prost_build::configure()
+    let mut builder = tonic_prost_build::configure();
+    // Code-table enums double as domain values (stored as their numbers); serde lets domain
+    // structs that hold them be hashed and kept as JSON.
+    for enum_name in SERDE_ENUMS {
+        builder = builder.enum_attribute(
+            format!(".callstore.v1.{enum_name}"),
+            "#[derive(::serde::Serialize, ::serde::Deserialize)]",
+        );
+    }
+    builder
         .build_client(true)
         .build_server(true)
         .extern_path(".google.rpc", "::tonic_types::pb")

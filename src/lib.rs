@@ -7,8 +7,10 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod domain;
 pub mod error;
 pub mod health;
+pub mod ingest;
 pub mod startup;
 pub mod telemetry;
 

@@ -1,0 +1,20 @@
+//! Ingest: turning native records and vendor payloads into domain types, and storing them.
+
+pub mod formats;
+
+use crate::domain::call::Call;
+use crate::domain::quality::ImportedQuality;
+use crate::domain::tag::{Level, Tag, TagGroup};
+use crate::domain::task::{Task, TaskNumber};
+
+/// Everything one payload carries, in domain types. Items keep payload order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Batch {
+    pub calls: Vec<Call>,
+    pub tasks: Vec<Task>,
+    pub numbers: Vec<TaskNumber>,
+    pub tags: Vec<Tag>,
+    pub tag_groups: Vec<TagGroup>,
+    pub levels: Vec<Level>,
+    pub quality: Vec<ImportedQuality>,
+}
