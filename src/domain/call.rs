@@ -58,6 +58,9 @@ pub struct Transfer {
     pub agent_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_name: Option<String>,
+    /// The source's transfer type code when `target` is `Other`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_code: Option<i32>,
 }
 
 /// Huawei CEC result-callback fields.
@@ -93,6 +96,8 @@ pub struct AudioPiece {
     pub sort: i32,
     pub text: String,
     pub duration_ms: i64,
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty", default)]
+    pub extra: Extra,
 }
 
 /// Reference to a tag by the source's id, with what the payload says about it.
