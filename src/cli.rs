@@ -55,7 +55,7 @@ pub struct DatabaseArgs {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// The local default tried when DATABASE_URL is unset.
-    #[arg(long, env = "CALLSTORE_LOCAL_DATABASE_URL", default_value = DEFAULT_LOCAL_DATABASE_URL)]
+    #[arg(long, env = "CALLSTORE_LOCAL_DATABASE_URL", default_value = DEFAULT_LOCAL_DATABASE_URL, hide_env_values = true)]
     pub local_database_url: String,
     /// Directory of the private PostgreSQL server's data (kept between runs).
     #[arg(long, env = "CALLSTORE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
@@ -80,7 +80,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
     /// Maximum connections in the database pool.
-    #[arg(long, env = "CALLSTORE_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    #[arg(long, env = "CALLSTORE_DB_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub db_max_connections: u32,
     /// How long a request waits for a database connection.
     #[arg(long, env = "CALLSTORE_DB_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
@@ -88,11 +88,12 @@ pub struct ServeArgs {
     /// Apply pending migrations at start-up.
     #[arg(long, env = "CALLSTORE_MIGRATE_ON_START", default_value_t = true, action = ArgAction::Set)]
     pub migrate_on_start: bool,
-    /// How long in-flight calls may finish after SIGTERM/SIGINT.
-    #[arg(long, env = "CALLSTORE_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    /// How long in-flight calls may finish after SIGTERM/SIGINT (below Kubernetes' default
+    /// 30 s termination grace, so the pool is closed before a SIGKILL).
+    #[arg(long, env = "CALLSTORE_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
     /// How often readiness re-checks the database.
-    #[arg(long, env = "CALLSTORE_READINESS_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "CALLSTORE_READINESS_INTERVAL", default_value = "5s", value_parser = parse_positive_duration)]
     pub readiness_interval: Duration,
     /// HTTP/2 keepalive ping interval.
     #[arg(long, env = "CALLSTORE_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
@@ -114,6 +115,14 @@ impl ServeArgs {
         config.http2_keepalive_interval = self.http2_keepalive_interval;
         config.http2_keepalive_timeout = self.http2_keepalive_timeout;
         config
+    }
+}
+
+/// Parses a duration that must not be zero.
+pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err("must be greater than zero".to_owned()),
+        duration => Ok(duration),
     }
 }
 
@@ -152,6 +161,7 @@ mod tests {
 
     #[test]
     fn rejects_malformed_durations() {
+        assert!(parse_positive_duration("0s").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("5 days").is_err());

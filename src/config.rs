@@ -48,7 +48,7 @@ impl Config {
                 acquire_timeout: Duration::from_secs(5),
             },
             migrate_on_start: true,
-            shutdown_grace: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(20),
             readiness_interval: Duration::from_secs(5),
             http2_keepalive_interval: Duration::from_secs(30),
             http2_keepalive_timeout: Duration::from_secs(10),

@@ -45,6 +45,12 @@ pub enum ApiError {
     #[error("{0}")]
     Unavailable(String),
 
+    #[error("{0}")]
+    Aborted(String),
+
+    #[error("{0}")]
+    DeadlineExceeded(String),
+
     #[error("{method} is not implemented yet")]
     Unimplemented { method: &'static str },
 
@@ -69,6 +75,8 @@ impl ApiError {
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::ResourceExhausted(_) => Code::ResourceExhausted,
             Self::Unavailable(_) => Code::Unavailable,
+            Self::Aborted(_) => Code::Aborted,
+            Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Self::Unimplemented { .. } => Code::Unimplemented,
             Self::Internal(_) => Code::Internal,
         }
@@ -82,9 +90,29 @@ impl From<crate::db::DbError> for ApiError {
             DbError::NotFound => Self::NotFound {
                 resource: "resource",
             },
-            DbError::Conflict { constraint } => Self::AlreadyExists(format!(
-                "conflicts with an existing resource ({constraint})"
-            )),
+            DbError::Conflict { constraint } => {
+                tracing::debug!(constraint = %constraint, "unique constraint violated");
+                Self::AlreadyExists("the resource already exists".to_owned())
+            }
+            DbError::MissingReference { constraint } => {
+                tracing::debug!(constraint = %constraint, "foreign key violated");
+                Self::FailedPrecondition("a resource it refers to does not exist".to_owned())
+            }
+            DbError::InvalidData(cause) => {
+                tracing::warn!(error = %cause, "the database rejected a value");
+                Self::InvalidArgument(vec![FieldViolation::new(
+                    "request",
+                    "contains a value the store cannot hold",
+                )])
+            }
+            DbError::Aborted(cause) => {
+                tracing::info!(error = %cause, "transaction aborted");
+                Self::Aborted("the transaction conflicted with another; retry".to_owned())
+            }
+            DbError::Cancelled(cause) => {
+                tracing::info!(error = %cause, "statement cancelled");
+                Self::DeadlineExceeded("the request took too long".to_owned())
+            }
             DbError::Unavailable(cause) => {
                 tracing::warn!(error = %cause, "database unavailable");
                 Self::Unavailable("the database is unavailable, retry later".to_owned())

@@ -17,18 +17,26 @@ const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// Brings the database to the migrated state, then keeps `readiness` in step with whether the
-/// database answers, until `stop` is cancelled.
+/// database answers, until `stop` is cancelled. Returns an error only for a migration problem
+/// that retrying cannot fix (a changed or half-applied migration).
 pub async fn track_readiness(
     pool: PgPool,
     reporter: HealthReporter,
     migrate_on_start: bool,
     interval: Duration,
     stop: CancellationToken,
-) {
+) -> anyhow::Result<()> {
     let mut retry = RETRY_MIN;
     loop {
         let outcome = if migrate_on_start {
-            db::migrate(&pool).await.map_err(anyhow::Error::from)
+            match db::migrate(&pool).await {
+                Err(error) if db::is_fatal_migration_error(&error) => {
+                    return Err(anyhow::Error::new(error).context(
+                        "the database's migrations do not match this release; an operator must repair them",
+                    ));
+                }
+                other => other.map_err(anyhow::Error::from),
+            }
         } else {
             match db::is_migrated(&pool).await {
                 Ok(true) => Ok(()),
@@ -45,7 +53,7 @@ pub async fn track_readiness(
             }
         }
         if sleep_or_stop(retry, &stop).await {
-            return;
+            return Ok(());
         }
         retry = (retry * 2).min(RETRY_MAX);
     }
@@ -77,7 +85,7 @@ pub async fn track_readiness(
             RETRY_MIN.max(interval / 5)
         };
         if sleep_or_stop(wait, &stop).await {
-            return;
+            return Ok(());
         }
     }
 }

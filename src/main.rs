@@ -1,6 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use callstore::cli::{Cli, Command};
 use callstore::startup::Application;
@@ -25,8 +26,22 @@ async fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => {
+            // Handlers go in before anything else, so a signal during start-up is not fatal:
+            // it is handled as soon as the server runs.
+            let mut signals = Signals::install()?;
             let application = Application::build(args.config()).await?;
-            application.run_until_stopped(shutdown_signal()).await
+            application
+                .run_until_stopped(async move {
+                    let signal = signals.next().await;
+                    tracing::info!(signal, "shutdown requested");
+                    // A second signal means "now": skip the rest of the grace period.
+                    tokio::spawn(async move {
+                        let signal = signals.next().await;
+                        tracing::warn!(signal, "second shutdown signal; exiting without draining");
+                        std::process::exit(130);
+                    });
+                })
+                .await
         }
         Command::Migrate(args) => {
             let mut database = db::server::resolve(&args.settings()).await?;
@@ -50,22 +65,25 @@ async fn migrate(database: &db::server::ResolvedDatabase) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::warn!(error = %error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
+/// SIGINT (Ctrl-C) and SIGTERM.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Waits for the next signal and names it.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
         }
-    };
-    tokio::select! {
-        _ = interrupt => tracing::info!(signal = "SIGINT", "shutdown requested"),
-        () = terminate => tracing::info!(signal = "SIGTERM", "shutdown requested"),
     }
 }

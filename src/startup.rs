@@ -95,7 +95,7 @@ impl Application {
             .await;
 
         let stop = CancellationToken::new();
-        let readiness = tokio::spawn(health::track_readiness(
+        let mut readiness = tokio::spawn(health::track_readiness(
             pool.clone(),
             reporter.clone(),
             config.migrate_on_start,
@@ -130,45 +130,52 @@ impl Application {
         );
         tracing::info!(address = %local_addr, database = %database.description, "serving gRPC");
 
-        let served = tokio::select! {
-            result = &mut server => Some(result),
-            () = shutdown => None,
+        // Whatever ends the serving, the way out is the same: readiness off, stop accepting,
+        // give in-flight calls the grace period, then release the database.
+        let outcome = tokio::select! {
+            result = &mut server => Err(match flatten(result) {
+                Ok(()) => anyhow::anyhow!("the server stopped unexpectedly"),
+                Err(error) => error,
+            }),
+            result = &mut readiness => Err(match result {
+                Ok(Err(error)) => error,
+                Ok(Ok(())) => anyhow::anyhow!("the readiness task stopped unexpectedly"),
+                Err(error) => anyhow::Error::new(error).context("the readiness task failed"),
+            }),
+            () = shutdown => Ok(()),
         };
-        let result = match served {
-            // The server stopped on its own: that is an error, there was no shutdown signal.
-            Some(result) => flatten(result)
-                .and_then(|()| Err(anyhow::anyhow!("the server stopped unexpectedly"))),
-            None => {
-                tracing::info!(
-                    grace_ms = config.shutdown_grace.as_millis() as u64,
-                    "shutting down"
-                );
-                stop.cancel();
-                let _ = readiness.await;
-                reporter
-                    .set_service_status(READINESS, ServingStatus::NotServing)
-                    .await;
-                stop_accepting.cancel();
-                match tokio::time::timeout(config.shutdown_grace, &mut server).await {
-                    Ok(result) => flatten(result),
-                    Err(_elapsed) => {
-                        tracing::warn!(
-                            "in-flight calls did not finish within the grace period; cutting them"
-                        );
-                        server.abort();
-                        Ok(())
-                    }
+        tracing::info!(
+            grace_ms = config.shutdown_grace.as_millis() as u64,
+            "shutting down"
+        );
+        stop.cancel();
+        // A migration waiting for another replica's lock must not hold up the shutdown.
+        readiness.abort();
+        reporter
+            .set_service_status(READINESS, ServingStatus::NotServing)
+            .await;
+        stop_accepting.cancel();
+        let drained = if server.is_finished() {
+            Ok(())
+        } else {
+            match tokio::time::timeout(config.shutdown_grace, &mut server).await {
+                Ok(result) => flatten(result),
+                Err(_elapsed) => {
+                    tracing::warn!(
+                        "in-flight calls did not finish within the grace period; cutting them"
+                    );
+                    server.abort();
+                    Ok(())
                 }
             }
         };
 
-        stop.cancel();
         pool.close().await;
         if let Some(private_server) = database.private_server.as_mut() {
             private_server.stop().await?;
         }
         tracing::info!("stopped");
-        result
+        outcome.and(drained)
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod server;
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
@@ -10,8 +11,13 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Executor as _, PgPool};
 
 /// The schema migrations, embedded in the binary. `MIGRATOR.run` takes sqlx's advisory lock, so
-/// replicas starting together apply them once.
-pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+/// replicas starting together apply them once. Migrations the binary does not know (applied by
+/// a newer release) are tolerated, so a rollback of the binary keeps working.
+pub static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_ignore_missing(true);
+    migrator
+});
 
 /// What went wrong in the database, as the service needs to know it.
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +27,19 @@ pub enum DbError {
     /// A unique or exclusion constraint rejected the row.
     #[error("constraint {constraint} violated")]
     Conflict { constraint: String },
-    /// The database cannot be reached or is shutting down; the request may be retried.
+    /// A foreign key points at a row that does not exist.
+    #[error("constraint {constraint} violated")]
+    MissingReference { constraint: String },
+    /// A check constraint or a data conversion rejected a value.
+    #[error("invalid data: {0}")]
+    InvalidData(#[source] sqlx::Error),
+    /// The transaction lost a serialization race or a deadlock; retrying it may succeed.
+    #[error("transaction aborted: {0}")]
+    Aborted(#[source] sqlx::Error),
+    /// The statement was cancelled (statement timeout or a cancelled request).
+    #[error("statement cancelled: {0}")]
+    Cancelled(#[source] sqlx::Error),
+    /// The database cannot be reached, is read-only or is shutting down; retry later.
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
     #[error(transparent)]
@@ -42,15 +60,31 @@ pub fn translate(error: sqlx::Error) -> DbError {
             DbError::Unavailable(error)
         }
         sqlx::Error::Database(database_error) => {
-            match database_error.code().as_deref() {
+            let code = database_error
+                .code()
+                .map(|code| code.into_owned())
+                .unwrap_or_default();
+            let constraint = || database_error.constraint().unwrap_or("unknown").to_owned();
+            match code.as_str() {
                 // unique_violation, exclusion_violation
-                Some("23505") | Some("23P01") => DbError::Conflict {
-                    constraint: database_error.constraint().unwrap_or("unknown").to_owned(),
+                "23505" | "23P01" => DbError::Conflict {
+                    constraint: constraint(),
                 },
+                // foreign_key_violation
+                "23503" => DbError::MissingReference {
+                    constraint: constraint(),
+                },
+                // check_violation, not_null_violation, and class 22 (data exception)
+                "23514" | "23502" => DbError::InvalidData(error),
+                _ if code.starts_with("22") => DbError::InvalidData(error),
+                // serialization_failure, deadlock_detected
+                "40001" | "40P01" => DbError::Aborted(error),
+                // query_canceled
+                "57014" => DbError::Cancelled(error),
                 // admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections,
-                // serialization_failure, deadlock_detected: transient, retry later.
-                Some("57P01") | Some("57P02") | Some("57P03") | Some("53300") | Some("40001")
-                | Some("40P01") => DbError::Unavailable(error),
+                // read_only_sql_transaction (after a failover), class 08 (connection exception)
+                "57P01" | "57P02" | "57P03" | "53300" | "25006" => DbError::Unavailable(error),
+                _ if code.starts_with("08") => DbError::Unavailable(error),
                 _ => DbError::Other(error),
             }
         }
@@ -77,6 +111,16 @@ pub fn lazy_pool(options: PgConnectOptions, settings: &PoolSettings) -> PgPool {
 /// Applies pending migrations under sqlx's advisory lock.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
+}
+
+/// Whether a migration error will not go away by retrying: a changed or half-applied migration
+/// needs an operator.
+pub fn is_fatal_migration_error(error: &sqlx::migrate::MigrateError) -> bool {
+    use sqlx::migrate::MigrateError;
+    matches!(
+        error,
+        MigrateError::VersionMismatch(_) | MigrateError::Dirty(_)
+    )
 }
 
 /// Whether every embedded migration has been applied successfully.

@@ -62,6 +62,13 @@ pub async fn resolve(settings: &DatabaseSettings) -> anyhow::Result<ResolvedData
             ensure_database_exists(&local).await?;
             let description = describe(&local);
             tracing::info!(database = %description, "using the local PostgreSQL server");
+            let private_data = settings.data_dir.join("pg");
+            if private_data.join("PG_VERSION").exists() {
+                tracing::warn!(
+                    data_dir = %private_data.display(),
+                    "a private PostgreSQL data directory exists from a run when no local server answered; its data is not used now"
+                );
+            }
             Ok(ResolvedDatabase {
                 connect_options: local,
                 description,
@@ -69,7 +76,7 @@ pub async fn resolve(settings: &DatabaseSettings) -> anyhow::Result<ResolvedData
             })
         }
         Probe::Refused(cause) => Err(anyhow::Error::new(cause).context(format!(
-            "a PostgreSQL server answers at {} but refused the connection; set DATABASE_URL to a URL with valid credentials",
+            "cannot use the PostgreSQL server at {}; set DATABASE_URL to a server and credentials that work",
             describe(&local)
         ))),
         Probe::NoServer(cause) => {
@@ -168,9 +175,21 @@ async fn probe(options: &PgConnectOptions) -> Probe {
             let _ = connection.close().await;
             Probe::Answered
         }
-        Ok(Err(error @ (sqlx::Error::Io(_) | sqlx::Error::Tls(_)))) => Probe::NoServer(error),
+        Ok(Err(sqlx::Error::Io(io_error)))
+            if matches!(
+                io_error.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable
+            ) =>
+        {
+            Probe::NoServer(sqlx::Error::Io(io_error))
+        }
         Ok(Err(error)) => Probe::Refused(error),
-        Err(_elapsed) => Probe::NoServer(sqlx::Error::PoolTimedOut),
+        // A server that is slow to answer is still a server: falling back to a private one
+        // would put the data somewhere the next start would not look.
+        Err(_elapsed) => Probe::Refused(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {PROBE_TIMEOUT:?}"),
+        ))),
     }
 }
 
@@ -246,6 +265,9 @@ impl PrivatePostgres {
             owned: false,
             stopped: false,
         };
+        // Processes starting together take turns: one initialises and starts the server, the
+        // others then find it running.
+        let _lock = DirLock::acquire(&data_root.join("pg.lock")).await?;
         server.prepare_data_dir().await?;
 
         if let Some(port) = server.running_port().await {
@@ -257,35 +279,44 @@ impl PrivatePostgres {
             return Ok(server);
         }
 
-        server.port = free_port()?;
         let log_file = server.data_dir.join("server.log");
-        let port_option = format!("-p {}", server.port);
-        server
-            .run_pg(
-                "pg_ctl",
-                &[
-                    "start".as_ref(),
-                    "--wait".as_ref(),
-                    "--timeout=60".as_ref(),
-                    "--silent".as_ref(),
-                    "-D".as_ref(),
-                    server.data_dir.as_os_str(),
-                    "-l".as_ref(),
-                    log_file.as_os_str(),
-                    "-o".as_ref(),
-                    port_option.as_ref(),
-                ],
-            )
-            .await
-            .with_context(|| {
-                format!(
-                    "the private PostgreSQL server did not start; see {}",
-                    log_file.display()
+        let mut last_error = None;
+        // A free port is only free until someone takes it: try a few.
+        for _attempt in 0..3 {
+            server.port = free_port()?;
+            let port_option = format!("-p {}", server.port);
+            let started = server
+                .run_pg(
+                    "pg_ctl",
+                    &[
+                        "start".as_ref(),
+                        "--wait".as_ref(),
+                        "--timeout=60".as_ref(),
+                        "--silent".as_ref(),
+                        "-D".as_ref(),
+                        server.data_dir.as_os_str(),
+                        "-l".as_ref(),
+                        log_file.as_os_str(),
+                        "-o".as_ref(),
+                        port_option.as_ref(),
+                    ],
                 )
-            })?;
-        server.owned = true;
-        tracing::info!(port = server.port, "started a private PostgreSQL server");
-        Ok(server)
+                .await;
+            match started {
+                Ok(()) => {
+                    server.owned = true;
+                    tracing::info!(port = server.port, "started a private PostgreSQL server");
+                    return Ok(server);
+                }
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error
+            .unwrap_or_else(|| anyhow::anyhow!("pg_ctl start did not run"))
+            .context(format!(
+                "the private PostgreSQL server did not start; see {}",
+                log_file.display()
+            )))
     }
 
     pub fn port(&self) -> u16 {
@@ -304,12 +335,20 @@ impl PrivatePostgres {
             .database(database)
     }
 
-    /// Stops the server if this process started it.
+    /// Stops the server if this process started it and no other process is connected to it
+    /// (another callstore that found it running keeps it).
     pub async fn stop(&mut self) -> anyhow::Result<()> {
         if !self.owned || self.stopped {
             return Ok(());
         }
         self.stopped = true;
+        if self.has_other_clients().await {
+            tracing::info!(
+                port = self.port,
+                "other clients use the private PostgreSQL server; leaving it running"
+            );
+            return Ok(());
+        }
         self.run_pg(
             "pg_ctl",
             &[
@@ -325,6 +364,21 @@ impl PrivatePostgres {
         .await?;
         tracing::info!("stopped the private PostgreSQL server");
         Ok(())
+    }
+
+    async fn has_other_clients(&self) -> bool {
+        let Ok(mut connection) = self.connect_options("postgres").connect().await else {
+            return false;
+        };
+        let others: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&mut connection)
+        .await
+        .unwrap_or(0);
+        connection.close().await.ok();
+        others > 0
     }
 
     async fn prepare_data_dir(&self) -> anyhow::Result<()> {
@@ -453,10 +507,10 @@ async fn find_bin_dir() -> anyhow::Result<PathBuf> {
             return Ok(dir);
         }
     }
-    if let Some(path) = std::env::var_os("PATH") {
-        if let Some(dir) = std::env::split_paths(&path).find(|dir| has_tools(dir)) {
-            return Ok(dir);
-        }
+    if let Some(path) = std::env::var_os("PATH")
+        && let Some(dir) = std::env::split_paths(&path).find(|dir| has_tools(dir))
+    {
+        return Ok(dir);
     }
     let mut versioned: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
@@ -491,6 +545,36 @@ async fn os_user_ids(user: &str) -> anyhow::Result<(u32, u32)> {
         Ok::<u32, anyhow::Error>(String::from_utf8_lossy(&output.stdout).trim().parse()?)
     };
     Ok((id("-u").await?, id("-g").await?))
+}
+
+/// An exclusive advisory lock on a file, released when dropped (or when the process dies).
+struct DirLock {
+    _file: std::fs::File,
+}
+
+impl DirLock {
+    async fn acquire(path: &Path) -> anyhow::Result<Self> {
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || {
+            use std::os::fd::AsRawFd as _;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            // SAFETY: flock on a descriptor we own; it blocks until the lock is ours.
+            let status = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            anyhow::ensure!(
+                status == 0,
+                "cannot lock {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
+            Ok(Self { _file: file })
+        })
+        .await?
+    }
 }
 
 /// A TCP port on loopback that is free right now.

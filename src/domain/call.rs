@@ -283,7 +283,12 @@ mod tests {
         let dial_time = DateTime::parse_from_rfc3339("2025-04-14T10:19:13+08:00")
             .expect("valid time")
             .with_timezone(&Utc);
-        Call::new(SourceFormat::Native, key, "15899770637".to_owned(), dial_time)
+        Call::new(
+            SourceFormat::Native,
+            key,
+            "15899770637".to_owned(),
+            dial_time,
+        )
     }
 
     #[test]

@@ -100,12 +100,12 @@ mod tests {
             SourceKey::parse("hangup_push", " db57f262 ").map(|key| key.id),
             Ok("db57f262".to_owned())
         );
-        assert_eq!(SourceKey::parse("hangup_push", "").unwrap_err().0, "source_id");
-        assert_eq!(SourceKey::parse("", "x").unwrap_err().0, "source_system");
         assert_eq!(
-            SourceKey::parse("a b", "x").unwrap_err().0,
-            "source_system"
+            SourceKey::parse("hangup_push", "").unwrap_err().0,
+            "source_id"
         );
+        assert_eq!(SourceKey::parse("", "x").unwrap_err().0, "source_system");
+        assert_eq!(SourceKey::parse("a b", "x").unwrap_err().0, "source_system");
         assert_eq!(
             SourceKey::parse("s", &"x".repeat(257)).unwrap_err().0,
             "source_id"

@@ -72,3 +72,46 @@ async fn readiness_waits_for_migrations_when_the_server_does_not_apply_them() {
 
     app.shutdown().await.expect("clean shutdown");
 }
+
+/// Readiness follows the database: it turns NOT_SERVING when the database stops taking
+/// connections, and SERVING again when it is back.
+#[tokio::test]
+async fn readiness_follows_the_database_going_away_and_coming_back() {
+    let app = spawn_app().await;
+    let database = app
+        .database
+        .get_database()
+        .expect("a database name")
+        .to_owned();
+    let mut admin = sqlx::ConnectOptions::connect(&app.database.clone().database("postgres"))
+        .await
+        .expect("connects to the maintenance database");
+    let quoted = callstore::db::server::quote_identifier(&database);
+
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE {quoted} ALLOW_CONNECTIONS false"
+    )))
+    .execute(&mut admin)
+    .await
+    .expect("closes the database to new connections");
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(&database)
+        .execute(&mut admin)
+        .await
+        .expect("drops the server's connections");
+    app.wait_for_readiness(ServingStatus::NotServing).await;
+    assert_eq!(
+        app.health("").await.expect("health check"),
+        ServingStatus::Serving
+    );
+
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE {quoted} ALLOW_CONNECTIONS true"
+    )))
+    .execute(&mut admin)
+    .await
+    .expect("reopens the database");
+    app.wait_for_readiness(ServingStatus::Serving).await;
+
+    app.shutdown().await.expect("clean shutdown");
+}

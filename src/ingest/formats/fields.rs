@@ -132,7 +132,9 @@ impl<'context> Fields<'context> {
                 .parse()
                 .map(Some)
                 .map_err(|_| self.error(key, format!("expected an integer, found {text:?}"))),
-            Some(other) => Err(self.error(key, format!("expected an integer, found {}", kind(&other)))),
+            Some(other) => {
+                Err(self.error(key, format!("expected an integer, found {}", kind(&other))))
+            }
         }
     }
 
@@ -159,7 +161,9 @@ impl<'context> Fields<'context> {
                 .filter(|number| number.is_finite())
                 .map(Some)
                 .ok_or_else(|| self.error(key, format!("expected a number, found {text:?}"))),
-            Some(other) => Err(self.error(key, format!("expected a number, found {}", kind(&other)))),
+            Some(other) => {
+                Err(self.error(key, format!("expected a number, found {}", kind(&other))))
+            }
         }
     }
 
@@ -190,11 +194,20 @@ impl<'context> Fields<'context> {
         };
         parse_local_time(&text, self.context)
             .map(Some)
-            .ok_or_else(|| self.error(key, format!("expected a date-time such as 2025-04-14 10:19:21, found {text:?}")))
+            .ok_or_else(|| {
+                self.error(
+                    key,
+                    format!("expected a date-time such as 2025-04-14 10:19:21, found {text:?}"),
+                )
+            })
     }
 
     /// A time of day (`HH:MM:SS`) on `day`, in the context's zone.
-    pub fn time_on(&mut self, key: &str, day: NaiveDate) -> Result<Option<DateTime<Utc>>, FormatError> {
+    pub fn time_on(
+        &mut self,
+        key: &str,
+        day: NaiveDate,
+    ) -> Result<Option<DateTime<Utc>>, FormatError> {
         let Some(text) = self.string(key)? else {
             return Ok(None);
         };
@@ -202,7 +215,12 @@ impl<'context> Fields<'context> {
             .ok()
             .and_then(|time| in_zone(day.and_time(time), self.context))
             .map(Some)
-            .ok_or_else(|| self.error(key, format!("expected a time such as 10:19:21, found {text:?}")))
+            .ok_or_else(|| {
+                self.error(
+                    key,
+                    format!("expected a time such as 10:19:21, found {text:?}"),
+                )
+            })
     }
 
     /// Seconds since the Unix epoch.
@@ -254,10 +272,15 @@ pub fn parse_local_time(text: &str, context: &ParseContext) -> Option<DateTime<U
     if let Ok(with_zone) = DateTime::parse_from_rfc3339(text) {
         return Some(with_zone.with_timezone(&Utc));
     }
-    ["%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d %H:%M"]
-        .iter()
-        .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
-        .and_then(|local| in_zone(local, context))
+    [
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%d %H:%M",
+    ]
+    .iter()
+    .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
+    .and_then(|local| in_zone(local, context))
 }
 
 fn in_zone(local: NaiveDateTime, context: &ParseContext) -> Option<DateTime<Utc>> {
@@ -321,10 +344,18 @@ mod tests {
     #[test]
     fn errors_name_the_path() {
         let context = context();
-        let mut fields = Fields::new("hangup_push", "$.talk_info[3]", json!({"score": "abc"}), &context)
-            .expect("an object");
+        let mut fields = Fields::new(
+            "hangup_push",
+            "$.talk_info[3]",
+            json!({"score": "abc"}),
+            &context,
+        )
+        .expect("an object");
         let error = fields.i64("score").expect_err("not a number");
         assert_eq!(error.path, "$.talk_info[3].score");
-        assert_eq!(error.to_string(), "hangup_push payload: $.talk_info[3].score: expected an integer, found \"abc\"");
+        assert_eq!(
+            error.to_string(),
+            "hangup_push payload: $.talk_info[3].score: expected an integer, found \"abc\""
+        );
     }
 }
