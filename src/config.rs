@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::api::ingest::IngestLimits;
 use crate::db::PoolSettings;
 use crate::db::server::DatabaseSettings;
 
@@ -30,6 +31,8 @@ pub struct Config {
     pub http2_keepalive_interval: Duration,
     /// How long to wait for a keepalive ping's answer before closing the connection.
     pub http2_keepalive_timeout: Duration,
+    /// What one ingest request may carry.
+    pub ingest: IngestLimits,
 }
 
 impl Config {
@@ -52,6 +55,7 @@ impl Config {
             readiness_interval: Duration::from_secs(5),
             http2_keepalive_interval: Duration::from_secs(30),
             http2_keepalive_timeout: Duration::from_secs(10),
+            ingest: IngestLimits::default(),
         }
     }
 }

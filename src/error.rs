@@ -122,6 +122,23 @@ impl From<crate::db::DbError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// The error as a `google.rpc.Status` message, for per-item results of batch RPCs.
+    pub fn into_rpc_status(self) -> tonic_types::pb::Status {
+        use prost::Message as _;
+        let status = tonic::Status::from(self);
+        // with_error_details puts the encoded google.rpc.Status (with its details) in details.
+        tonic_types::pb::Status::decode(status.details())
+            .ok()
+            .filter(|decoded| decoded.code == status.code() as i32)
+            .unwrap_or_else(|| tonic_types::pb::Status {
+                code: status.code() as i32,
+                message: status.message().to_owned(),
+                details: Vec::new(),
+            })
+    }
+}
+
 impl From<ApiError> for tonic::Status {
     fn from(error: ApiError) -> Self {
         match error {
@@ -165,6 +182,23 @@ mod tests {
             .map(|violation| violation.field.as_str())
             .collect();
         assert_eq!(fields, ["calls[0].callee", "calls[2].dial_time"]);
+    }
+
+    #[test]
+    fn item_errors_become_rpc_statuses_with_their_details() {
+        let status =
+            ApiError::invalid_field("calls[1].callee", "must not be empty").into_rpc_status();
+        assert_eq!(status.code, Code::InvalidArgument as i32);
+        assert_eq!(status.details.len(), 1);
+        assert!(
+            status.details[0]
+                .type_url
+                .ends_with("google.rpc.BadRequest")
+        );
+
+        let plain = ApiError::FailedPrecondition("no".to_owned()).into_rpc_status();
+        assert_eq!(plain.code, Code::FailedPrecondition as i32);
+        assert_eq!(plain.message, "no");
     }
 
     #[test]

@@ -111,7 +111,7 @@ impl Application {
             .add_service(reflection_v1()?)
             .add_service(reflection_v1alpha()?)
             .add_service(proto::ingest_service_server::IngestServiceServer::new(
-                api::ingest::IngestApi,
+                api::ingest::IngestApi::new(pool.clone(), config.ingest.clone()),
             ))
             .add_service(proto::query_service_server::QueryServiceServer::new(
                 api::query::QueryApi,

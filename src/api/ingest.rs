@@ -1,10 +1,215 @@
-//! `callstore.v1.IngestService`. Every RPC still answers UNIMPLEMENTED (the generated default).
+//! `callstore.v1.IngestService`: calls in, acknowledged only once committed.
 
+use std::str::FromStr as _;
+
+use sqlx::PgPool;
+use tonic::{Request, Response, Status};
+
+use crate::api::convert::{CallLimits, call_from_proto};
+use crate::api::tenant_of;
+use crate::db::DbError;
+use crate::db::calls::{StoreOutcome, StoredCall};
+use crate::domain::SourceKey;
+use crate::error::ApiError;
+use crate::ingest::formats::{DEFAULT_TIME_ZONE, ParseContext, default_source_system, parser_for};
+use crate::ingest::{Batch, writer};
 use crate::proto::ingest_service_server::IngestService;
+use crate::proto::{
+    IngestCallsRequest, IngestCallsResponse, IngestItemResult, IngestOutcome,
+    IngestVendorPayloadRequest, IngestVendorPayloadResponse, PayloadFormat,
+};
+
+/// What one ingest request may carry.
+#[derive(Debug, Clone)]
+pub struct IngestLimits {
+    /// Calls per IngestCalls request.
+    pub max_batch: usize,
+    pub call: CallLimits,
+}
+
+impl Default for IngestLimits {
+    fn default() -> Self {
+        Self {
+            max_batch: 1000,
+            call: CallLimits::default(),
+        }
+    }
+}
 
 /// Implements `callstore.v1.IngestService`.
-#[derive(Debug, Clone, Default)]
-pub struct IngestApi;
+#[derive(Debug, Clone)]
+pub struct IngestApi {
+    pool: PgPool,
+    limits: IngestLimits,
+}
+
+impl IngestApi {
+    pub fn new(pool: PgPool, limits: IngestLimits) -> Self {
+        Self { pool, limits }
+    }
+}
 
 #[tonic::async_trait]
-impl IngestService for IngestApi {}
+impl IngestService for IngestApi {
+    #[tracing::instrument(skip_all, fields(tenant, calls))]
+    async fn ingest_calls(
+        &self,
+        request: Request<IngestCallsRequest>,
+    ) -> Result<Response<IngestCallsResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let records = request.into_inner().calls;
+        tracing::Span::current()
+            .record("tenant", tenant.as_str())
+            .record("calls", records.len());
+        if records.len() > self.limits.max_batch {
+            return Err(ApiError::invalid_field(
+                "calls",
+                format!("at most {} calls per request", self.limits.max_batch),
+            )
+            .into());
+        }
+
+        let mut results: Vec<Option<IngestItemResult>> = vec![None; records.len()];
+        let mut batch = Batch::default();
+        let mut positions = Vec::with_capacity(records.len());
+        for (index, record) in records.into_iter().enumerate() {
+            let source_id = record.source_call_id.clone();
+            match call_from_proto(record, &format!("calls[{index}]"), &self.limits.call) {
+                Ok(call) => {
+                    positions.push(index);
+                    batch.calls.push(call);
+                }
+                Err(violations) => {
+                    results[index] = Some(rejected(
+                        index,
+                        source_id,
+                        ApiError::InvalidArgument(violations),
+                    ));
+                }
+            }
+        }
+
+        if !batch.calls.is_empty() {
+            let stored = writer::store_batch(&self.pool, &tenant, &batch)
+                .await
+                .map_err(ApiError::from)?;
+            for ((index, call), outcome) in positions.into_iter().zip(&batch.calls).zip(stored) {
+                results[index] = Some(item_result(index, &call.key.id, outcome));
+            }
+        }
+        Ok(Response::new(IngestCallsResponse {
+            results: results.into_iter().flatten().collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(tenant, format))]
+    async fn ingest_vendor_payload(
+        &self,
+        request: Request<IngestVendorPayloadRequest>,
+    ) -> Result<Response<IngestVendorPayloadResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let format = PayloadFormat::try_from(request.format)
+            .map_err(|_| ApiError::invalid_field("format", "is not a known payload format"))?;
+        tracing::Span::current()
+            .record("tenant", tenant.as_str())
+            .record("format", format.as_str_name());
+        let parser =
+            parser_for(format).ok_or_else(|| ApiError::invalid_field("format", "must be set"))?;
+        if matches!(
+            format,
+            PayloadFormat::TaskApiTaskNumbers | PayloadFormat::HuaweiQc
+        ) {
+            return Err(Status::unimplemented(format!(
+                "storing {} payloads is not implemented yet",
+                format.as_str_name()
+            )));
+        }
+        let context = parse_context(&request, format)?;
+        let batch = parser(&request.payload, &context)
+            .map_err(|error| ApiError::invalid_field("payload", error.to_string()))?;
+
+        let stored = writer::store_batch(&self.pool, &tenant, &batch)
+            .await
+            .map_err(ApiError::from)?;
+        let calls = batch
+            .calls
+            .iter()
+            .zip(stored)
+            .enumerate()
+            .map(|(index, (call, outcome))| item_result(index, &call.key.id, outcome))
+            .collect();
+        Ok(Response::new(IngestVendorPayloadResponse {
+            calls,
+            other: Vec::new(),
+        }))
+    }
+}
+
+fn parse_context(
+    request: &IngestVendorPayloadRequest,
+    format: PayloadFormat,
+) -> Result<ParseContext, ApiError> {
+    let mut violations = Vec::new();
+    let source_system = if request.source_system.is_empty() {
+        default_source_system(format).to_owned()
+    } else {
+        request.source_system.clone()
+    };
+    if let Err((_, description)) = SourceKey::parse(&source_system, "probe") {
+        violations.push(crate::error::FieldViolation::new(
+            "source_system",
+            description,
+        ));
+    }
+    let time_zone = if request.time_zone.is_empty() {
+        DEFAULT_TIME_ZONE
+    } else {
+        chrono_tz::Tz::from_str(&request.time_zone).unwrap_or_else(|_| {
+            violations.push(crate::error::FieldViolation::new(
+                "time_zone",
+                "must be an IANA time zone such as Asia/Shanghai",
+            ));
+            DEFAULT_TIME_ZONE
+        })
+    };
+    if !violations.is_empty() {
+        return Err(ApiError::InvalidArgument(violations));
+    }
+    let mut context = ParseContext::new(source_system, time_zone);
+    context.source_task_id = Some(request.source_task_id.clone()).filter(|id| !id.is_empty());
+    Ok(context)
+}
+
+fn item_result(
+    index: usize,
+    source_id: &str,
+    outcome: Result<StoredCall, DbError>,
+) -> IngestItemResult {
+    match outcome {
+        Ok(stored) => IngestItemResult {
+            index: i32::try_from(index).unwrap_or(i32::MAX),
+            outcome: match stored.outcome {
+                StoreOutcome::Created => IngestOutcome::Created,
+                StoreOutcome::Updated => IngestOutcome::Updated,
+                StoreOutcome::Unchanged => IngestOutcome::Unchanged,
+            } as i32,
+            id: stored.id.to_string(),
+            source_id: source_id.to_owned(),
+            version: stored.version,
+            error: None,
+        },
+        Err(error) => rejected(index, source_id.to_owned(), ApiError::from(error)),
+    }
+}
+
+fn rejected(index: usize, source_id: String, error: ApiError) -> IngestItemResult {
+    IngestItemResult {
+        index: i32::try_from(index).unwrap_or(i32::MAX),
+        outcome: IngestOutcome::Rejected as i32,
+        id: String::new(),
+        source_id,
+        version: 0,
+        error: Some(error.into_rpc_status()),
+    }
+}

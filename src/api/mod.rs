@@ -4,7 +4,27 @@
 //! RPCs that a later milestone fills in are not overridden: the generated default answers
 //! UNIMPLEMENTED.
 
+pub mod convert;
 pub mod ingest;
 pub mod quality;
 pub mod query;
 pub mod watch;
+
+use crate::domain::TenantId;
+use crate::error::ApiError;
+
+/// Metadata key naming the caller's tenant (until API keys bind callers to tenants).
+pub const TENANT_HEADER: &str = "x-tenant-id";
+
+/// The tenant a request acts for.
+pub fn tenant_of<T>(request: &tonic::Request<T>) -> Result<TenantId, ApiError> {
+    let field = format!("metadata.{TENANT_HEADER}");
+    let value = request
+        .metadata()
+        .get(TENANT_HEADER)
+        .ok_or_else(|| ApiError::invalid_field(&field, "is required: name the tenant"))?;
+    let text = value
+        .to_str()
+        .map_err(|_| ApiError::invalid_field(&field, "must be ASCII text"))?;
+    TenantId::parse(text).map_err(|description| ApiError::invalid_field(&field, description))
+}

@@ -1,6 +1,8 @@
 //! Postgres access: the pool, the embedded migrations, and the one place where driver errors are
 //! translated into what the rest of the service can act on.
 
+pub mod calls;
+pub mod catalog;
 pub mod server;
 
 use std::sync::LazyLock;

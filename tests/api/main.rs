@@ -6,6 +6,7 @@ mod helpers;
 
 mod embedded_database;
 mod health;
+mod ingest;
 mod migrations;
 mod reflection;
 mod shutdown;

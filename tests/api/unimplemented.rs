@@ -4,9 +4,7 @@ use callstore::proto::ingest_service_client::IngestServiceClient;
 use callstore::proto::quality_service_client::QualityServiceClient;
 use callstore::proto::query_service_client::QueryServiceClient;
 use callstore::proto::watch_service_client::WatchServiceClient;
-use callstore::proto::{
-    GetQualityRequest, IngestCallsRequest, ListCallsRequest, WatchCallsRequest,
-};
+use callstore::proto::{GetQualityRequest, ListCallsRequest, OpenCallRequest, WatchCallsRequest};
 
 use crate::helpers::spawn_app;
 
@@ -16,7 +14,7 @@ async fn rpcs_not_implemented_yet_answer_unimplemented() {
     let channel = app.channel().await;
 
     let ingest = IngestServiceClient::new(channel.clone())
-        .ingest_calls(IngestCallsRequest::default())
+        .open_call(OpenCallRequest::default())
         .await
         .expect_err("not implemented yet");
     let query = QueryServiceClient::new(channel.clone())

@@ -8,7 +8,7 @@ pub mod task_api;
 use chrono_tz::Tz;
 
 use crate::ingest::Batch;
-use crate::proto::PayloadFormat;
+use crate::proto::{PayloadFormat, SourceFormat};
 
 /// What a parser needs besides the payload.
 #[derive(Debug, Clone)]
@@ -73,5 +73,15 @@ pub fn default_source_system(format: PayloadFormat) -> &'static str {
         | PayloadFormat::TaskApiTaskNumbers => "task_api",
         PayloadFormat::HangupPush => "hangup_push",
         PayloadFormat::HuaweiResult | PayloadFormat::HuaweiQc => "huawei_cec",
+    }
+}
+
+/// The default `source_system` of records of a source format (native records: `native`).
+pub fn default_source_system_of(format: SourceFormat) -> &'static str {
+    match format {
+        SourceFormat::Unspecified | SourceFormat::Native => "native",
+        SourceFormat::TaskApi => "task_api",
+        SourceFormat::HangupPush => "hangup_push",
+        SourceFormat::HuaweiResult | SourceFormat::HuaweiQc => "huawei_cec",
     }
 }

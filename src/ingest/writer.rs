@@ -1,0 +1,126 @@
+//! Stores what a payload or a batch of native records carries, in one transaction, so that an
+//! acknowledgement always means "committed". Each call is written under its own savepoint: a
+//! call that fails rolls back alone and the others still commit.
+
+use sqlx::{PgConnection, PgPool};
+
+use crate::db::calls::{CallRefs, StoredCall, store_call};
+use crate::db::{DbError, catalog};
+use crate::domain::TenantId;
+use crate::domain::call::Call;
+use crate::ingest::Batch;
+
+/// How often a batch that lost a deadlock or serialization race is tried again.
+const ATTEMPTS: usize = 3;
+
+/// Writes a batch; returns one result per call, in batch order. The outer error means nothing
+/// was committed.
+pub async fn store_batch(
+    pool: &PgPool,
+    tenant: &TenantId,
+    batch: &Batch,
+) -> Result<Vec<Result<StoredCall, DbError>>, DbError> {
+    let mut attempt = 1;
+    loop {
+        match try_store_batch(pool, tenant, batch).await {
+            Err(DbError::Aborted(error)) if attempt < ATTEMPTS => {
+                tracing::info!(error = %error, attempt, "batch aborted by a concurrent one; retrying");
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn try_store_batch(
+    pool: &PgPool,
+    tenant: &TenantId,
+    batch: &Batch,
+) -> Result<Vec<Result<StoredCall, DbError>>, DbError> {
+    let mut transaction = pool.begin().await?;
+    catalog::ensure_tenant(&mut transaction, tenant).await?;
+    for group in &batch.tag_groups {
+        catalog::upsert_tag_group(&mut transaction, tenant, group).await?;
+    }
+    for tag in &batch.tags {
+        catalog::upsert_tag(&mut transaction, tenant, tag).await?;
+    }
+    for level in &batch.levels {
+        catalog::upsert_level(&mut transaction, tenant, level).await?;
+    }
+    for task in &batch.tasks {
+        catalog::upsert_task(&mut transaction, tenant, task).await?;
+    }
+
+    let mut results = Vec::with_capacity(batch.calls.len());
+    for call in &batch.calls {
+        let mut savepoint = sqlx::Connection::begin(&mut *transaction).await?;
+        match store_one(&mut savepoint, tenant, call).await {
+            Ok(stored) => {
+                savepoint.commit().await?;
+                results.push(Ok(stored));
+            }
+            // The whole transaction is lost: retry or fail the batch, never half of it.
+            Err(error @ (DbError::Aborted(_) | DbError::Unavailable(_))) => return Err(error),
+            Err(error) => {
+                savepoint.rollback().await?;
+                results.push(Err(error));
+            }
+        }
+    }
+    transaction.commit().await?;
+    Ok(results)
+}
+
+async fn store_one(
+    connection: &mut PgConnection,
+    tenant: &TenantId,
+    call: &Call,
+) -> Result<StoredCall, DbError> {
+    let refs = resolve_refs(connection, tenant, call).await?;
+    store_call(connection, tenant, call, &refs).await
+}
+
+/// Turns the call's source references into server ids, creating what is missing.
+async fn resolve_refs(
+    connection: &mut PgConnection,
+    tenant: &TenantId,
+    call: &Call,
+) -> Result<CallRefs, DbError> {
+    let system = call.key.system.as_str();
+    let format = call.source_format;
+    let task_id = match &call.source_task_id {
+        Some(source_task_id) => {
+            let key = crate::domain::SourceKey {
+                system: system.to_owned(),
+                id: source_task_id.clone(),
+            };
+            Some(catalog::task_id_for(connection, tenant, format, &key).await?)
+        }
+        None => None,
+    };
+    let level_id = match &call.level {
+        Some(level) => {
+            Some(catalog::level_id_for(connection, tenant, format, system, level).await?)
+        }
+        None => None,
+    };
+    let mut tag_ids = Vec::with_capacity(call.tags.len());
+    for tag in &call.tags {
+        tag_ids.push(catalog::tag_id_for(connection, tenant, format, system, tag).await?);
+    }
+    let mut turn_tag_ids = Vec::with_capacity(call.turns.len());
+    for turn in &call.turns {
+        let mut ids = Vec::with_capacity(turn.tags.len());
+        for tag in &turn.tags {
+            ids.push(catalog::tag_id_for(connection, tenant, format, system, tag).await?);
+        }
+        turn_tag_ids.push(ids);
+    }
+    Ok(CallRefs {
+        task_id,
+        level_id,
+        tag_ids,
+        turn_tag_ids,
+    })
+}
