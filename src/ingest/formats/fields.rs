@@ -291,7 +291,8 @@ fn in_zone(local: NaiveDateTime, context: &ParseContext) -> Option<DateTime<Utc>
         .map(|time| time.with_timezone(&Utc))
 }
 
-fn kind(value: &Value) -> &'static str {
+/// How a JSON value's type reads in an error message.
+pub fn kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -15,7 +15,7 @@ use crate::domain::SourceKey;
 use crate::domain::call::{Call, Classification, Customer, Transfer, Turn};
 use crate::domain::task::Task;
 use crate::ingest::Batch;
-use crate::ingest::formats::fields::{Fields, parse_json, parse_local_time};
+use crate::ingest::formats::fields::{Fields, kind, parse_json, parse_local_time};
 use crate::ingest::formats::{FormatError, ParseContext};
 use crate::proto::{
     CallMode, CallOutcome, CallState, Gender, HangupSide, JumpType, NodeType, NumberCheckStatus,
@@ -505,16 +505,6 @@ fn embedded_list(text: &str) -> Option<Value> {
         .filter(Value::is_array)
 }
 
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "text",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
-}
 
 /// The list form: one object per utterance, in dialogue order.
 fn list_turns(fields: &mut Fields<'_>, clock: &TurnClock) -> Result<Vec<Turn>, FormatError> {
