@@ -505,7 +505,6 @@ fn embedded_list(text: &str) -> Option<Value> {
         .filter(Value::is_array)
 }
 
-
 /// The list form: one object per utterance, in dialogue order.
 fn list_turns(fields: &mut Fields<'_>, clock: &TurnClock) -> Result<Vec<Turn>, FormatError> {
     let context = fields.context();
