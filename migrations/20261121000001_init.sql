@@ -331,6 +331,8 @@ CREATE TABLE quality_results (
     rule_set_id        uuid,
     rule_set_version   bigint,
     violation_count    integer,
+    -- Hash of the result's content: an imported result delivered again adds no version.
+    content_hash       bytea,
     -- The rest of the result (side metrics, segments, rule hits, profile), as the API models it.
     details            jsonb            NOT NULL DEFAULT '{}',
     extra              jsonb            NOT NULL DEFAULT '{}',

@@ -93,7 +93,9 @@ impl IngestService for IngestApi {
             let stored = writer::store_batch(&self.pool, &tenant, &batch)
                 .await
                 .map_err(ApiError::from)?;
-            for ((index, call), outcome) in positions.into_iter().zip(&batch.calls).zip(stored) {
+            for ((index, call), outcome) in
+                positions.into_iter().zip(&batch.calls).zip(stored.calls)
+            {
                 results[index] = Some(item_result(index, &call.key.id, outcome));
             }
         }
@@ -116,15 +118,6 @@ impl IngestService for IngestApi {
             .record("format", format.as_str_name());
         let parser =
             parser_for(format).ok_or_else(|| ApiError::invalid_field("format", "must be set"))?;
-        if matches!(
-            format,
-            PayloadFormat::TaskApiTaskNumbers | PayloadFormat::HuaweiQc
-        ) {
-            return Err(Status::unimplemented(format!(
-                "storing {} payloads is not implemented yet",
-                format.as_str_name()
-            )));
-        }
         let context = parse_context(&request, format)?;
         let batch = parser(&request.payload, &context)
             .map_err(|error| ApiError::invalid_field("payload", error.to_string()))?;
@@ -135,13 +128,43 @@ impl IngestService for IngestApi {
         let calls = batch
             .calls
             .iter()
-            .zip(stored)
+            .zip(stored.calls)
             .enumerate()
             .map(|(index, (call, outcome))| item_result(index, &call.key.id, outcome))
             .collect();
+        let numbers = batch.numbers.iter().zip(stored.numbers).enumerate().map(
+            |(index, (number, outcome))| {
+                let outcome = outcome
+                    .map(|(id, outcome)| Stored {
+                        id,
+                        version: 0,
+                        outcome,
+                    })
+                    .map_err(ApiError::from);
+                stored_result(index, &number.number, outcome)
+            },
+        );
+        let quality = batch.quality.iter().zip(stored.quality).enumerate().map(
+            |(index, (imported, outcome))| {
+                let outcome = outcome
+                    .map(|stored| Stored {
+                        id: stored.id,
+                        version: stored.version,
+                        outcome: stored.outcome,
+                    })
+                    .map_err(|error| match error {
+                        DbError::NotFound => ApiError::FailedPrecondition(format!(
+                            "the call {}/{} is not stored yet; send it first",
+                            imported.call.system, imported.call.id
+                        )),
+                        other => ApiError::from(other),
+                    });
+                stored_result(index, &imported.call.id, outcome)
+            },
+        );
         Ok(Response::new(IngestVendorPayloadResponse {
             calls,
-            other: Vec::new(),
+            other: numbers.chain(quality).collect(),
         }))
     }
 }
@@ -181,10 +204,32 @@ fn parse_context(
     Ok(context)
 }
 
+/// What was stored for one item, whatever its kind.
+struct Stored {
+    id: uuid::Uuid,
+    version: i64,
+    outcome: StoreOutcome,
+}
+
 fn item_result(
     index: usize,
     source_id: &str,
     outcome: Result<StoredCall, DbError>,
+) -> IngestItemResult {
+    let outcome = outcome
+        .map(|stored| Stored {
+            id: stored.id,
+            version: stored.version,
+            outcome: stored.outcome,
+        })
+        .map_err(ApiError::from);
+    stored_result(index, source_id, outcome)
+}
+
+fn stored_result(
+    index: usize,
+    source_id: &str,
+    outcome: Result<Stored, ApiError>,
 ) -> IngestItemResult {
     match outcome {
         Ok(stored) => IngestItemResult {
@@ -199,7 +244,7 @@ fn item_result(
             version: stored.version,
             error: None,
         },
-        Err(error) => rejected(index, source_id.to_owned(), ApiError::from(error)),
+        Err(error) => rejected(index, source_id.to_owned(), error),
     }
 }
 

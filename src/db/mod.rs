@@ -3,6 +3,8 @@
 
 pub mod calls;
 pub mod catalog;
+pub mod numbers;
+pub mod quality;
 pub mod server;
 
 use std::sync::LazyLock;

@@ -4,22 +4,31 @@
 
 use sqlx::{PgConnection, PgPool};
 
-use crate::db::calls::{CallRefs, StoredCall, store_call};
-use crate::db::{DbError, catalog};
+use crate::db::calls::{CallRefs, StoreOutcome, StoredCall, store_call};
+use crate::db::quality::StoredQuality;
+use crate::db::{DbError, catalog, numbers, quality};
 use crate::domain::TenantId;
 use crate::domain::call::Call;
 use crate::ingest::Batch;
 
+/// What storing a batch did, item by item, in batch order.
+#[derive(Debug, Default)]
+pub struct BatchResults {
+    pub calls: Vec<Result<StoredCall, DbError>>,
+    /// Numbers: the number's id and what happened.
+    pub numbers: Vec<Result<(uuid::Uuid, StoreOutcome), DbError>>,
+    pub quality: Vec<Result<StoredQuality, DbError>>,
+}
+
 /// How often a batch that lost a deadlock or serialization race is tried again.
 const ATTEMPTS: usize = 3;
 
-/// Writes a batch; returns one result per call, in batch order. The outer error means nothing
-/// was committed.
+/// Writes a batch; returns one result per item. The outer error means nothing was committed.
 pub async fn store_batch(
     pool: &PgPool,
     tenant: &TenantId,
     batch: &Batch,
-) -> Result<Vec<Result<StoredCall, DbError>>, DbError> {
+) -> Result<BatchResults, DbError> {
     let mut attempt = 1;
     loop {
         match try_store_batch(pool, tenant, batch).await {
@@ -36,7 +45,7 @@ async fn try_store_batch(
     pool: &PgPool,
     tenant: &TenantId,
     batch: &Batch,
-) -> Result<Vec<Result<StoredCall, DbError>>, DbError> {
+) -> Result<BatchResults, DbError> {
     let mut transaction = pool.begin().await?;
     catalog::ensure_tenant(&mut transaction, tenant).await?;
     for group in &batch.tag_groups {
@@ -52,24 +61,49 @@ async fn try_store_batch(
         catalog::upsert_task(&mut transaction, tenant, task).await?;
     }
 
-    let mut results = Vec::with_capacity(batch.calls.len());
+    let mut results = BatchResults::default();
     for call in &batch.calls {
         let mut savepoint = sqlx::Connection::begin(&mut *transaction).await?;
-        match store_one(&mut savepoint, tenant, call).await {
-            Ok(stored) => {
-                savepoint.commit().await?;
-                results.push(Ok(stored));
-            }
-            // The whole transaction is lost: retry or fail the batch, never half of it.
-            Err(error @ (DbError::Aborted(_) | DbError::Unavailable(_))) => return Err(error),
-            Err(error) => {
-                savepoint.rollback().await?;
-                results.push(Err(error));
-            }
+        let outcome = store_one(&mut savepoint, tenant, call).await;
+        results.calls.push(settle(savepoint, outcome).await?);
+    }
+    for number in &batch.numbers {
+        let mut savepoint = sqlx::Connection::begin(&mut *transaction).await?;
+        let outcome = async {
+            let task_id =
+                catalog::task_id_for(&mut savepoint, tenant, number.source_format, &number.task)
+                    .await?;
+            numbers::upsert_task_number(&mut savepoint, tenant, task_id, number).await
         }
+        .await;
+        results.numbers.push(settle(savepoint, outcome).await?);
+    }
+    for imported in &batch.quality {
+        let mut savepoint = sqlx::Connection::begin(&mut *transaction).await?;
+        let outcome = quality::import_quality(&mut savepoint, tenant, imported).await;
+        results.quality.push(settle(savepoint, outcome).await?);
     }
     transaction.commit().await?;
     Ok(results)
+}
+
+/// Keeps an item's writes (release the savepoint) or undoes them alone (roll back to it). An
+/// error that loses the whole transaction fails the batch, never half of it.
+async fn settle<T>(
+    savepoint: sqlx::Transaction<'_, sqlx::Postgres>,
+    outcome: Result<T, DbError>,
+) -> Result<Result<T, DbError>, DbError> {
+    match outcome {
+        Ok(value) => {
+            savepoint.commit().await?;
+            Ok(Ok(value))
+        }
+        Err(error @ (DbError::Aborted(_) | DbError::Unavailable(_))) => Err(error),
+        Err(error) => {
+            savepoint.rollback().await?;
+            Ok(Err(error))
+        }
+    }
 }
 
 async fn store_one(

@@ -507,3 +507,115 @@ async fn tenants_do_not_share_calls_with_the_same_source_id() {
         2
     );
 }
+
+const TASK_NUMBERS: &[u8] = include_bytes!("../fixtures/task_api_task_numbers.json");
+const HUAWEI_QC: &[u8] = include_bytes!("../fixtures/huawei_qc_result.json");
+
+#[tokio::test]
+async fn task_numbers_are_stored_with_their_attempts_once() {
+    let app = spawn_app().await;
+    let mut client = client(&app).await;
+    let mut outcomes = Vec::new();
+    for _ in 0..2 {
+        let response = client
+            .ingest_vendor_payload(as_tenant(
+                "acme",
+                payload(PayloadFormat::TaskApiTaskNumbers, TASK_NUMBERS),
+            ))
+            .await
+            .expect("ingests")
+            .into_inner();
+        assert!(response.calls.is_empty());
+        outcomes.push(response.other[0].outcome());
+    }
+    assert_eq!(outcomes, [IngestOutcome::Created, IngestOutcome::Unchanged]);
+
+    let pool = pool(&app).await;
+    let (number, status, task): (String, i16, String) = sqlx::query_as(
+        "SELECT task_numbers.number, task_numbers.status, tasks.source_task_id
+         FROM task_numbers JOIN tasks ON tasks.tenant_id = task_numbers.tenant_id AND tasks.id = task_numbers.task_id",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("the number");
+    assert_eq!(number, "18651683344");
+    assert_eq!(status, callstore::proto::NumberStatus::Connected as i16);
+    assert_eq!(task, "772dd881-dcf7-42ee-a32b-b40a0ee5afb7");
+    let attempts: Vec<(Option<String>, i16)> =
+        sqlx::query_as("SELECT sip_code, status FROM call_attempts ORDER BY call_time DESC")
+            .fetch_all(&pool)
+            .await
+            .expect("attempts");
+    assert_eq!(
+        attempts,
+        [
+            (
+                Some("200".to_owned()),
+                callstore::proto::NumberStatus::Connected as i16
+            ),
+            (None, callstore::proto::NumberStatus::Busy as i16)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_huawei_qc_result_attaches_to_its_call_once() {
+    let app = spawn_app().await;
+    let mut client = client(&app).await;
+
+    // Before the call is stored the result is refused, so the sender retries.
+    let early = client
+        .ingest_vendor_payload(as_tenant(
+            "acme",
+            payload(PayloadFormat::HuaweiQc, HUAWEI_QC),
+        ))
+        .await
+        .expect("answered")
+        .into_inner();
+    assert_eq!(early.other[0].outcome(), IngestOutcome::Rejected);
+    assert_eq!(
+        early.other[0].error.as_ref().expect("an error").code,
+        Code::FailedPrecondition as i32
+    );
+
+    let mut call = native_call("17af55af-e51d-4cc0-8a62-84222e1d1eea", "13800000000");
+    call.source_system = "huawei_cec".to_owned();
+    call.source_format = callstore::proto::SourceFormat::HuaweiResult as i32;
+    client
+        .ingest_calls(as_tenant("acme", IngestCallsRequest { calls: vec![call] }))
+        .await
+        .expect("ingests the call");
+
+    let mut outcomes = Vec::new();
+    for _ in 0..2 {
+        let response = client
+            .ingest_vendor_payload(as_tenant(
+                "acme",
+                payload(PayloadFormat::HuaweiQc, HUAWEI_QC),
+            ))
+            .await
+            .expect("ingests")
+            .into_inner();
+        outcomes.push((response.other[0].outcome(), response.other[0].version));
+    }
+    assert_eq!(
+        outcomes,
+        [(IngestOutcome::Created, 1), (IngestOutcome::Unchanged, 1)]
+    );
+    let pool = pool(&app).await;
+    let (source, staff, segments): (i16, Option<String>, i64) = sqlx::query_as(
+        "SELECT source, details->>'staff_name', jsonb_array_length(details->'segments')::bigint
+         FROM quality_results",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("the imported result");
+    assert_eq!(source, callstore::proto::QualitySource::Imported as i16);
+    assert_eq!(staff.as_deref(), Some("xieyiling"));
+    assert!(segments >= 1);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM feed_events WHERE kind = 5").await,
+        1,
+        "one quality event"
+    );
+}
