@@ -98,6 +98,9 @@ pub struct ServeArgs {
     /// HTTP/2 keepalive ping interval.
     #[arg(long, env = "CALLSTORE_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub http2_keepalive_interval: Duration,
+    /// Also listen for vendor webhooks (`POST /hooks/{tenant}/{format}`) on this address.
+    #[arg(long, env = "CALLSTORE_WEBHOOK_LISTEN")]
+    pub webhook_listen: Option<SocketAddr>,
     /// HTTP/2 keepalive ping timeout.
     #[arg(long, env = "CALLSTORE_HTTP2_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub http2_keepalive_timeout: Duration,
@@ -114,6 +117,7 @@ impl ServeArgs {
         config.readiness_interval = self.readiness_interval;
         config.http2_keepalive_interval = self.http2_keepalive_interval;
         config.http2_keepalive_timeout = self.http2_keepalive_timeout;
+        config.webhook_listen_addr = self.webhook_listen;
         config
     }
 }

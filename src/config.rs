@@ -33,6 +33,8 @@ pub struct Config {
     pub http2_keepalive_timeout: Duration,
     /// What one ingest request may carry.
     pub ingest: IngestLimits,
+    /// Address of the optional webhook listener where vendors push payloads.
+    pub webhook_listen_addr: Option<SocketAddr>,
 }
 
 impl Config {
@@ -56,6 +58,7 @@ impl Config {
             http2_keepalive_interval: Duration::from_secs(30),
             http2_keepalive_timeout: Duration::from_secs(10),
             ingest: IngestLimits::default(),
+            webhook_listen_addr: None,
         }
     }
 }

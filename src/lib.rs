@@ -13,6 +13,7 @@ pub mod health;
 pub mod ingest;
 pub mod startup;
 pub mod telemetry;
+pub mod webhook;
 
 /// Code generated from `proto/callstore/v1` by `build.rs`. Never edited by hand.
 pub mod proto {

@@ -28,6 +28,7 @@ pub struct Application {
     config: Config,
     listener: TcpListener,
     local_addr: SocketAddr,
+    webhook_listener: Option<TcpListener>,
     pool: PgPool,
     database: ResolvedDatabase,
 }
@@ -43,10 +44,19 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
         let local_addr = listener.local_addr()?;
+        let webhook_listener = match config.webhook_listen_addr {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("cannot listen for webhooks on {address}"))?,
+            ),
+            None => None,
+        };
         Ok(Self {
             config,
             listener,
             local_addr,
+            webhook_listener,
             pool,
             database,
         })
@@ -55,6 +65,13 @@ impl Application {
     /// The address the server listens on (with the real port when 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the webhook listener, when there is one.
+    pub fn webhook_addr(&self) -> Option<SocketAddr> {
+        self.webhook_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
     }
 
     /// Where the data lives, without credentials.
@@ -82,6 +99,7 @@ impl Application {
             config,
             listener,
             local_addr,
+            webhook_listener,
             pool,
             mut database,
         } = self;
@@ -129,6 +147,17 @@ impl Application {
             router.serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned()),
         );
         tracing::info!(address = %local_addr, database = %database.description, "serving gRPC");
+        let webhook = webhook_listener.map(|webhook_listener| {
+            if let Ok(address) = webhook_listener.local_addr() {
+                tracing::info!(address = %address, "serving webhooks");
+            }
+            let app = crate::webhook::router(pool.clone());
+            tokio::spawn(
+                axum::serve(webhook_listener, app)
+                    .with_graceful_shutdown(stop_accepting.clone().cancelled_owned())
+                    .into_future(),
+            )
+        });
 
         // Whatever ends the serving, the way out is the same: readiness off, stop accepting,
         // give in-flight calls the grace period, then release the database.
@@ -155,10 +184,11 @@ impl Application {
             .set_service_status(READINESS, ServingStatus::NotServing)
             .await;
         stop_accepting.cancel();
+        let deadline = tokio::time::Instant::now() + config.shutdown_grace;
         let drained = if server.is_finished() {
             Ok(())
         } else {
-            match tokio::time::timeout(config.shutdown_grace, &mut server).await {
+            match tokio::time::timeout_at(deadline, &mut server).await {
                 Ok(result) => flatten(result),
                 Err(_elapsed) => {
                     tracing::warn!(
@@ -170,6 +200,13 @@ impl Application {
             }
         };
 
+        if let Some(mut webhook) = webhook
+            && tokio::time::timeout_at(deadline, &mut webhook)
+                .await
+                .is_err()
+        {
+            webhook.abort();
+        }
         pool.close().await;
         if let Some(private_server) = database.private_server.as_mut() {
             private_server.stop().await?;

@@ -1,7 +1,5 @@
 //! `callstore.v1.IngestService`: calls in, acknowledged only once committed.
 
-use std::str::FromStr as _;
-
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
@@ -9,9 +7,8 @@ use crate::api::convert::{CallLimits, call_from_proto};
 use crate::api::tenant_of;
 use crate::db::DbError;
 use crate::db::calls::{StoreOutcome, StoredCall};
-use crate::domain::SourceKey;
 use crate::error::ApiError;
-use crate::ingest::formats::{DEFAULT_TIME_ZONE, ParseContext, default_source_system, parser_for};
+use crate::ingest::payload::{IngestedPayload, PayloadOptions, ingest_payload};
 use crate::ingest::{Batch, writer};
 use crate::proto::ingest_service_server::IngestService;
 use crate::proto::{
@@ -116,15 +113,15 @@ impl IngestService for IngestApi {
         tracing::Span::current()
             .record("tenant", tenant.as_str())
             .record("format", format.as_str_name());
-        let parser =
-            parser_for(format).ok_or_else(|| ApiError::invalid_field("format", "must be set"))?;
-        let context = parse_context(&request, format)?;
-        let batch = parser(&request.payload, &context)
-            .map_err(|error| ApiError::invalid_field("payload", error.to_string()))?;
-
-        let stored = writer::store_batch(&self.pool, &tenant, &batch)
-            .await
-            .map_err(ApiError::from)?;
+        let options = PayloadOptions {
+            source_system: Some(request.source_system),
+            time_zone: Some(request.time_zone),
+            source_task_id: Some(request.source_task_id),
+        };
+        let IngestedPayload {
+            batch,
+            results: stored,
+        } = ingest_payload(&self.pool, &tenant, format, &request.payload, &options).await?;
         let calls = batch
             .calls
             .iter()
@@ -167,41 +164,6 @@ impl IngestService for IngestApi {
             other: numbers.chain(quality).collect(),
         }))
     }
-}
-
-fn parse_context(
-    request: &IngestVendorPayloadRequest,
-    format: PayloadFormat,
-) -> Result<ParseContext, ApiError> {
-    let mut violations = Vec::new();
-    let source_system = if request.source_system.is_empty() {
-        default_source_system(format).to_owned()
-    } else {
-        request.source_system.clone()
-    };
-    if let Err((_, description)) = SourceKey::parse(&source_system, "probe") {
-        violations.push(crate::error::FieldViolation::new(
-            "source_system",
-            description,
-        ));
-    }
-    let time_zone = if request.time_zone.is_empty() {
-        DEFAULT_TIME_ZONE
-    } else {
-        chrono_tz::Tz::from_str(&request.time_zone).unwrap_or_else(|_| {
-            violations.push(crate::error::FieldViolation::new(
-                "time_zone",
-                "must be an IANA time zone such as Asia/Shanghai",
-            ));
-            DEFAULT_TIME_ZONE
-        })
-    };
-    if !violations.is_empty() {
-        return Err(ApiError::InvalidArgument(violations));
-    }
-    let mut context = ParseContext::new(source_system, time_zone);
-    context.source_task_id = Some(request.source_task_id.clone()).filter(|id| !id.is_empty());
-    Ok(context)
 }
 
 /// What was stored for one item, whatever its kind.

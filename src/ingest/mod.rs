@@ -1,6 +1,7 @@
 //! Ingest: turning native records and vendor payloads into domain types, and storing them.
 
 pub mod formats;
+pub mod payload;
 pub mod writer;
 
 use crate::domain::call::Call;

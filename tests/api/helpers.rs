@@ -36,6 +36,8 @@ fn init_logs() {
 
 pub struct TestApp {
     pub address: SocketAddr,
+    /// The webhook listener, when the configuration asked for one.
+    pub webhook: Option<SocketAddr>,
     /// Options for connecting to the test's own database.
     pub database: PgConnectOptions,
     shutdown: Option<oneshot::Sender<()>>,
@@ -76,6 +78,7 @@ pub async fn start(config: Config) -> TestApp {
         .await
         .expect("the application builds");
     let address = application.local_addr();
+    let webhook = application.webhook_addr();
     let database = application.database_connect_options().clone();
     let (shutdown, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(application.run_until_stopped(async {
@@ -83,6 +86,7 @@ pub async fn start(config: Config) -> TestApp {
     }));
     TestApp {
         address,
+        webhook,
         database,
         shutdown: Some(shutdown),
         server: Some(server),

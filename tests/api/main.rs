@@ -11,3 +11,4 @@ mod migrations;
 mod reflection;
 mod shutdown;
 mod unimplemented;
+mod webhook;
