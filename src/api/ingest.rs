@@ -1,7 +1,10 @@
 //! `callstore.v1.IngestService`: calls in, acknowledged only once committed.
 
 use sqlx::PgPool;
-use tonic::{Request, Response, Status};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::codegen::BoxStream;
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::convert::{CallLimits, call_from_proto};
 use crate::api::tenant_of;
@@ -12,8 +15,9 @@ use crate::ingest::payload::{IngestedPayload, PayloadOptions, ingest_payload};
 use crate::ingest::{Batch, writer};
 use crate::proto::ingest_service_server::IngestService;
 use crate::proto::{
-    IngestCallsRequest, IngestCallsResponse, IngestItemResult, IngestOutcome,
-    IngestVendorPayloadRequest, IngestVendorPayloadResponse, PayloadFormat,
+    IngestCallStreamRequest, IngestCallStreamResponse, IngestCallsRequest, IngestCallsResponse,
+    IngestItemResult, IngestOutcome, IngestVendorPayloadRequest, IngestVendorPayloadResponse,
+    PayloadFormat,
 };
 
 /// What one ingest request may carry.
@@ -101,6 +105,68 @@ impl IngestService for IngestApi {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(tenant))]
+    async fn ingest_call_stream(
+        &self,
+        request: Request<Streaming<IngestCallStreamRequest>>,
+    ) -> Result<Response<BoxStream<IngestCallStreamResponse>>, Status> {
+        let tenant = tenant_of(&request)?;
+        tracing::Span::current().record("tenant", tenant.as_str());
+        let mut inbound = request.into_inner();
+
+        // A reader drains the request stream into a bounded queue; the writer takes whatever
+        // has queued up (at most a batch) into one transaction and acknowledges each item once
+        // it is committed. A slow database therefore slows the client, not memory.
+        let (queue, mut queued) = mpsc::channel::<IngestCallStreamRequest>(STREAM_QUEUE);
+        let (acks, acknowledged) = mpsc::channel(STREAM_QUEUE);
+        let reader_acks = acks.clone();
+        tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(message)) => {
+                        if queue.send(message).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(status) => {
+                        let _ = reader_acks.send(Err(status)).await;
+                        return;
+                    }
+                }
+            }
+        });
+
+        let api = self.clone();
+        tokio::spawn(async move {
+            let mut next_index = 0usize;
+            while let Some(first) = queued.recv().await {
+                let mut messages = vec![first];
+                while messages.len() < api.limits.max_batch {
+                    match queued.try_recv() {
+                        Ok(message) => messages.push(message),
+                        Err(_) => break,
+                    }
+                }
+                let first_index = next_index;
+                next_index += messages.len();
+                let responses = match api.store_stream_batch(&tenant, first_index, messages).await {
+                    Ok(responses) => responses,
+                    Err(error) => {
+                        let _ = acks.send(Err(Status::from(error))).await;
+                        return;
+                    }
+                };
+                for response in responses {
+                    if acks.send(Ok(response)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(acknowledged))))
+    }
+
     #[tracing::instrument(skip_all, fields(tenant, format))]
     async fn ingest_vendor_payload(
         &self,
@@ -163,6 +229,66 @@ impl IngestService for IngestApi {
             calls,
             other: numbers.chain(quality).collect(),
         }))
+    }
+}
+
+/// Messages of IngestCallStream waiting to be written, and acknowledgements waiting to be sent.
+const STREAM_QUEUE: usize = 256;
+
+impl IngestApi {
+    /// Stores messages of IngestCallStream together; one acknowledgement per message, in order.
+    async fn store_stream_batch(
+        &self,
+        tenant: &crate::domain::TenantId,
+        first_index: usize,
+        messages: Vec<IngestCallStreamRequest>,
+    ) -> Result<Vec<IngestCallStreamResponse>, ApiError> {
+        let mut results: Vec<Option<IngestItemResult>> = vec![None; messages.len()];
+        let mut tokens = Vec::with_capacity(messages.len());
+        let mut batch = Batch::default();
+        let mut positions = Vec::new();
+        for (offset, message) in messages.into_iter().enumerate() {
+            let index = first_index + offset;
+            tokens.push(message.client_token);
+            let Some(record) = message.call else {
+                results[offset] = Some(rejected(
+                    index,
+                    String::new(),
+                    ApiError::invalid_field("call", "is required"),
+                ));
+                continue;
+            };
+            let source_id = record.source_call_id.clone();
+            match call_from_proto(record, "call", &self.limits.call) {
+                Ok(call) => {
+                    positions.push(offset);
+                    batch.calls.push(call);
+                }
+                Err(violations) => {
+                    results[offset] = Some(rejected(
+                        index,
+                        source_id,
+                        ApiError::InvalidArgument(violations),
+                    ));
+                }
+            }
+        }
+        if !batch.calls.is_empty() {
+            let stored = writer::store_batch(&self.pool, tenant, &batch).await?;
+            for ((offset, call), outcome) in
+                positions.into_iter().zip(&batch.calls).zip(stored.calls)
+            {
+                results[offset] = Some(item_result(first_index + offset, &call.key.id, outcome));
+            }
+        }
+        Ok(results
+            .into_iter()
+            .zip(tokens)
+            .map(|(result, client_token)| IngestCallStreamResponse {
+                result,
+                client_token,
+            })
+            .collect())
     }
 }
 

@@ -619,3 +619,49 @@ async fn a_huawei_qc_result_attaches_to_its_call_once() {
         "one quality event"
     );
 }
+
+#[tokio::test]
+async fn a_call_stream_acknowledges_every_item_in_order_once_committed() {
+    use callstore::proto::IngestCallStreamRequest;
+
+    let app = spawn_app().await;
+    let mut messages = Vec::new();
+    for index in 0..300 {
+        let call = match index {
+            // A bad item, and a repeat of item 0: neither stops the stream.
+            7 => native_call("s-7", "not a number"),
+            8 => native_call("s-0", "13800000000"),
+            _ => native_call(&format!("s-{index}"), "13800000000"),
+        };
+        messages.push(IngestCallStreamRequest {
+            call: Some(call),
+            client_token: format!("token-{index}"),
+        });
+    }
+    let mut acks = client(&app)
+        .await
+        .ingest_call_stream(as_tenant("acme", tokio_stream::iter(messages)))
+        .await
+        .expect("the stream starts")
+        .into_inner();
+
+    let mut received = Vec::new();
+    while let Some(ack) = acks.message().await.expect("acknowledgements stream") {
+        received.push(ack);
+    }
+    assert_eq!(received.len(), 300);
+    for (index, ack) in received.iter().enumerate() {
+        assert_eq!(ack.client_token, format!("token-{index}"));
+        let result = ack.result.as_ref().expect("a result");
+        assert_eq!(result.index as usize, index);
+        let expected = match index {
+            7 => IngestOutcome::Rejected,
+            8 => IngestOutcome::Unchanged,
+            _ => IngestOutcome::Created,
+        };
+        assert_eq!(result.outcome(), expected, "item {index}");
+    }
+    let pool = pool(&app).await;
+    assert_eq!(count(&pool, "SELECT count(*) FROM calls").await, 298);
+    assert_eq!(count(&pool, "SELECT count(*) FROM feed_events").await, 298);
+}
