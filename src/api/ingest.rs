@@ -10,14 +10,15 @@ use crate::api::convert::{CallLimits, call_from_proto};
 use crate::api::tenant_of;
 use crate::db::DbError;
 use crate::db::calls::{StoreOutcome, StoredCall};
+use crate::domain::TenantId;
 use crate::error::ApiError;
 use crate::ingest::payload::{IngestedPayload, PayloadOptions, ingest_payload};
 use crate::ingest::{Batch, writer};
 use crate::proto::ingest_service_server::IngestService;
 use crate::proto::{
-    IngestCallStreamRequest, IngestCallStreamResponse, IngestCallsRequest, IngestCallsResponse,
-    IngestItemResult, IngestOutcome, IngestVendorPayloadRequest, IngestVendorPayloadResponse,
-    PayloadFormat,
+    CallRecord, IngestCallStreamRequest, IngestCallStreamResponse, IngestCallsRequest,
+    IngestCallsResponse, IngestItemResult, IngestOutcome, IngestVendorPayloadRequest,
+    IngestVendorPayloadResponse, PayloadFormat,
 };
 
 /// What one ingest request may carry.
@@ -70,39 +71,11 @@ impl IngestService for IngestApi {
             .into());
         }
 
-        let mut results: Vec<Option<IngestItemResult>> = vec![None; records.len()];
-        let mut batch = Batch::default();
-        let mut positions = Vec::with_capacity(records.len());
-        for (index, record) in records.into_iter().enumerate() {
-            let source_id = record.source_call_id.clone();
-            match call_from_proto(record, &format!("calls[{index}]"), &self.limits.call) {
-                Ok(call) => {
-                    positions.push(index);
-                    batch.calls.push(call);
-                }
-                Err(violations) => {
-                    results[index] = Some(rejected(
-                        index,
-                        source_id,
-                        ApiError::InvalidArgument(violations),
-                    ));
-                }
-            }
-        }
-
-        if !batch.calls.is_empty() {
-            let stored = writer::store_batch(&self.pool, &tenant, &batch)
-                .await
-                .map_err(ApiError::from)?;
-            for ((index, call), outcome) in
-                positions.into_iter().zip(&batch.calls).zip(stored.calls)
-            {
-                results[index] = Some(item_result(index, &call.key.id, outcome));
-            }
-        }
-        Ok(Response::new(IngestCallsResponse {
-            results: results.into_iter().flatten().collect(),
-        }))
+        let records = records.into_iter().map(Some).collect();
+        let results = self
+            .store_records(&tenant, 0, records, |index| format!("calls[{index}]"))
+            .await?;
+        Ok(Response::new(IngestCallsResponse { results }))
     }
 
     #[tracing::instrument(skip_all, fields(tenant))]
@@ -239,37 +212,55 @@ impl IngestApi {
     /// Stores messages of IngestCallStream together; one acknowledgement per message, in order.
     async fn store_stream_batch(
         &self,
-        tenant: &crate::domain::TenantId,
+        tenant: &TenantId,
         first_index: usize,
         messages: Vec<IngestCallStreamRequest>,
     ) -> Result<Vec<IngestCallStreamResponse>, ApiError> {
-        let mut results: Vec<Option<IngestItemResult>> = vec![None; messages.len()];
-        let mut tokens = Vec::with_capacity(messages.len());
+        let (records, tokens): (Vec<_>, Vec<_>) = messages
+            .into_iter()
+            .map(|message| (message.call, message.client_token))
+            .unzip();
+        let results = self
+            .store_records(tenant, first_index, records, |_| "call".to_owned())
+            .await?;
+        Ok(results
+            .into_iter()
+            .zip(tokens)
+            .map(|(result, client_token)| IngestCallStreamResponse {
+                result: Some(result),
+                client_token,
+            })
+            .collect())
+    }
+
+    /// Validates native records and stores the valid ones in one transaction. Returns one
+    /// result per record, in order; `first_index` numbers them, `path_of` names their fields.
+    async fn store_records(
+        &self,
+        tenant: &TenantId,
+        first_index: usize,
+        records: Vec<Option<CallRecord>>,
+        path_of: impl Fn(usize) -> String,
+    ) -> Result<Vec<IngestItemResult>, ApiError> {
+        let mut results: Vec<Option<IngestItemResult>> = vec![None; records.len()];
         let mut batch = Batch::default();
-        let mut positions = Vec::new();
-        for (offset, message) in messages.into_iter().enumerate() {
+        let mut positions = Vec::with_capacity(records.len());
+        for (offset, record) in records.into_iter().enumerate() {
             let index = first_index + offset;
-            tokens.push(message.client_token);
-            let Some(record) = message.call else {
-                results[offset] = Some(rejected(
-                    index,
-                    String::new(),
-                    ApiError::invalid_field("call", "is required"),
-                ));
+            let Some(record) = record else {
+                let error = ApiError::invalid_field(path_of(index), "is required");
+                results[offset] = Some(rejected(index, String::new(), error));
                 continue;
             };
             let source_id = record.source_call_id.clone();
-            match call_from_proto(record, "call", &self.limits.call) {
+            match call_from_proto(record, &path_of(index), &self.limits.call) {
                 Ok(call) => {
                     positions.push(offset);
                     batch.calls.push(call);
                 }
                 Err(violations) => {
-                    results[offset] = Some(rejected(
-                        index,
-                        source_id,
-                        ApiError::InvalidArgument(violations),
-                    ));
+                    let error = ApiError::InvalidArgument(violations);
+                    results[offset] = Some(rejected(index, source_id, error));
                 }
             }
         }
@@ -281,14 +272,7 @@ impl IngestApi {
                 results[offset] = Some(item_result(first_index + offset, &call.key.id, outcome));
             }
         }
-        Ok(results
-            .into_iter()
-            .zip(tokens)
-            .map(|(result, client_token)| IngestCallStreamResponse {
-                result,
-                client_token,
-            })
-            .collect())
+        Ok(results.into_iter().flatten().collect())
     }
 }
 
