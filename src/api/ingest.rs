@@ -7,18 +7,24 @@ use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::convert::{CallLimits, call_from_proto};
+use crate::api::convert_catalog::{
+    level_from_proto, tag_from_proto, tag_group_from_proto, task_from_proto, task_number_from_proto,
+};
 use crate::api::tenant_of;
 use crate::db::DbError;
 use crate::db::calls::{StoreOutcome, StoredCall};
-use crate::domain::TenantId;
-use crate::error::ApiError;
+use crate::domain::{SourceKey, TenantId};
+use crate::error::{ApiError, FieldViolation};
 use crate::ingest::payload::{IngestedPayload, PayloadOptions, ingest_payload};
+use crate::ingest::writer::CatalogItem;
 use crate::ingest::{Batch, writer};
 use crate::proto::ingest_service_server::IngestService;
 use crate::proto::{
     CallRecord, IngestCallStreamRequest, IngestCallStreamResponse, IngestCallsRequest,
     IngestCallsResponse, IngestItemResult, IngestOutcome, IngestVendorPayloadRequest,
-    IngestVendorPayloadResponse, PayloadFormat,
+    IngestVendorPayloadResponse, PayloadFormat, UpsertLevelsRequest, UpsertLevelsResponse,
+    UpsertTagGroupsRequest, UpsertTagGroupsResponse, UpsertTagsRequest, UpsertTagsResponse,
+    UpsertTaskNumbersRequest, UpsertTaskNumbersResponse, UpsertTasksRequest, UpsertTasksResponse,
 };
 
 /// What one ingest request may carry.
@@ -140,6 +146,111 @@ impl IngestService for IngestApi {
         Ok(Response::new(Box::pin(ReceiverStream::new(acknowledged))))
     }
 
+    async fn upsert_tasks(
+        &self,
+        request: Request<UpsertTasksRequest>,
+    ) -> Result<Response<UpsertTasksResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let tasks = request.into_inner().tasks;
+        self.check_batch("tasks", tasks.len())?;
+        let items = tasks
+            .into_iter()
+            .enumerate()
+            .map(|(index, task)| {
+                let source_id = task.source_task_id.clone();
+                let item = task_from_proto(task, &format!("tasks[{index}]")).map(CatalogItem::Task);
+                (source_id, item)
+            })
+            .collect();
+        let results = self.upsert_catalog(&tenant, items).await?;
+        Ok(Response::new(UpsertTasksResponse { results }))
+    }
+
+    async fn upsert_tag_groups(
+        &self,
+        request: Request<UpsertTagGroupsRequest>,
+    ) -> Result<Response<UpsertTagGroupsResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let groups = request.into_inner().tag_groups;
+        self.check_batch("tag_groups", groups.len())?;
+        let items = groups
+            .into_iter()
+            .enumerate()
+            .map(|(index, group)| {
+                let source_id = group.source_tag_group_id.clone();
+                let item = tag_group_from_proto(group, &format!("tag_groups[{index}]"))
+                    .map(CatalogItem::TagGroup);
+                (source_id, item)
+            })
+            .collect();
+        let results = self.upsert_catalog(&tenant, items).await?;
+        Ok(Response::new(UpsertTagGroupsResponse { results }))
+    }
+
+    async fn upsert_tags(
+        &self,
+        request: Request<UpsertTagsRequest>,
+    ) -> Result<Response<UpsertTagsResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let tags = request.into_inner().tags;
+        self.check_batch("tags", tags.len())?;
+        let items = tags
+            .into_iter()
+            .enumerate()
+            .map(|(index, tag)| {
+                let source_id = tag.source_tag_id.clone();
+                let item = tag_from_proto(tag, &format!("tags[{index}]")).map(CatalogItem::Tag);
+                (source_id, item)
+            })
+            .collect();
+        let results = self.upsert_catalog(&tenant, items).await?;
+        Ok(Response::new(UpsertTagsResponse { results }))
+    }
+
+    async fn upsert_levels(
+        &self,
+        request: Request<UpsertLevelsRequest>,
+    ) -> Result<Response<UpsertLevelsResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let levels = request.into_inner().levels;
+        self.check_batch("levels", levels.len())?;
+        let items = levels
+            .into_iter()
+            .enumerate()
+            .map(|(index, level)| {
+                let source_id = level.source_level_id.clone();
+                let item =
+                    level_from_proto(level, &format!("levels[{index}]")).map(CatalogItem::Level);
+                (source_id, item)
+            })
+            .collect();
+        let results = self.upsert_catalog(&tenant, items).await?;
+        Ok(Response::new(UpsertLevelsResponse { results }))
+    }
+
+    async fn upsert_task_numbers(
+        &self,
+        request: Request<UpsertTaskNumbersRequest>,
+    ) -> Result<Response<UpsertTaskNumbersResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        self.check_batch("numbers", request.numbers.len())?;
+        let task = self.task_key(&tenant, &request).await?;
+        let items = request
+            .numbers
+            .into_iter()
+            .enumerate()
+            .map(|(index, number)| {
+                let source_id = number.number.clone();
+                let item = task_number_from_proto(number, &task, &format!("numbers[{index}]"))
+                    .map(CatalogItem::Number);
+                (source_id, item)
+            })
+            .collect();
+        let results = self.upsert_catalog(&tenant, items).await?;
+        Ok(Response::new(UpsertTaskNumbersResponse { results }))
+    }
+
     #[tracing::instrument(skip_all, fields(tenant, format))]
     async fn ingest_vendor_payload(
         &self,
@@ -209,6 +320,92 @@ impl IngestService for IngestApi {
 const STREAM_QUEUE: usize = 256;
 
 impl IngestApi {
+    fn check_batch(&self, field: &str, len: usize) -> Result<(), ApiError> {
+        if len > self.limits.max_batch {
+            return Err(ApiError::invalid_field(
+                field,
+                format!("at most {} items per request", self.limits.max_batch),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The key of the task an UpsertTaskNumbers request names, by server id or source id.
+    async fn task_key(
+        &self,
+        tenant: &TenantId,
+        request: &UpsertTaskNumbersRequest,
+    ) -> Result<SourceKey, ApiError> {
+        if request.task_id.is_empty() {
+            let system = if request.source_system.is_empty() {
+                "native"
+            } else {
+                request.source_system.as_str()
+            };
+            return SourceKey::parse(system, &request.source_task_id).map_err(
+                |(part, description)| {
+                    let field = if part == "source_system" {
+                        "source_system"
+                    } else {
+                        "source_task_id"
+                    };
+                    ApiError::invalid_field(field, description)
+                },
+            );
+        }
+        let task_id = uuid::Uuid::parse_str(&request.task_id)
+            .map_err(|_| ApiError::invalid_field("task_id", "must be a task id (a UUID)"))?;
+        let key: Option<(String, String)> = sqlx::query_as(
+            "SELECT source_system, source_task_id FROM tasks WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(tenant.as_str())
+        .bind(task_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|error| ApiError::from(DbError::from(error)))?;
+        let (system, id) = key.ok_or(ApiError::NotFound { resource: "task" })?;
+        Ok(SourceKey { system, id })
+    }
+
+    /// Stores validated catalog items; one result per item, in order.
+    async fn upsert_catalog(
+        &self,
+        tenant: &TenantId,
+        items: Vec<(String, Result<CatalogItem, Vec<FieldViolation>>)>,
+    ) -> Result<Vec<IngestItemResult>, ApiError> {
+        let mut results: Vec<Option<IngestItemResult>> = vec![None; items.len()];
+        let mut valid = Vec::with_capacity(items.len());
+        let mut positions = Vec::with_capacity(items.len());
+        let mut source_ids = Vec::with_capacity(items.len());
+        for (index, (source_id, item)) in items.into_iter().enumerate() {
+            match item {
+                Ok(item) => {
+                    positions.push(index);
+                    valid.push(item);
+                }
+                Err(violations) => {
+                    let error = ApiError::InvalidArgument(violations);
+                    results[index] = Some(rejected(index, source_id.clone(), error));
+                }
+            }
+            source_ids.push(source_id);
+        }
+        if !valid.is_empty() {
+            let stored = writer::store_catalog(&self.pool, tenant, &valid).await?;
+            for (index, outcome) in positions.into_iter().zip(stored) {
+                let outcome = outcome
+                    .map(|(id, outcome)| Stored {
+                        id,
+                        version: 0,
+                        outcome,
+                    })
+                    .map_err(ApiError::from);
+                results[index] = Some(stored_result(index, &source_ids[index], outcome));
+            }
+        }
+        Ok(results.into_iter().flatten().collect())
+    }
+
     /// Stores messages of IngestCallStream together; one acknowledgement per message, in order.
     async fn store_stream_batch(
         &self,

@@ -5,6 +5,7 @@
 //! UNIMPLEMENTED.
 
 pub mod convert;
+pub mod convert_catalog;
 pub mod ingest;
 pub mod quality;
 pub mod query;

@@ -9,6 +9,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::db::DbError;
+use crate::db::calls::StoreOutcome;
 use crate::domain::call::{LevelRef, TagRef};
 use crate::domain::tag::{Level, Tag, TagGroup};
 use crate::domain::task::Task;
@@ -29,6 +30,16 @@ pub async fn ensure_tenant(
 
 fn hash_of<T: serde::Serialize>(value: &T) -> Vec<u8> {
     Sha256::digest(serde_json::to_vec(value).unwrap_or_default()).to_vec()
+}
+
+/// What an upsert did: a row never described before (only referenced, or new) counts as
+/// created when its description arrives.
+fn outcome(previous_hash: Option<Vec<u8>>, changed: bool) -> StoreOutcome {
+    match (changed, previous_hash) {
+        (false, _) => StoreOutcome::Unchanged,
+        (true, None) => StoreOutcome::Created,
+        (true, Some(_)) => StoreOutcome::Updated,
+    }
 }
 
 /// Finds a row by its source key, creating it with `insert_sql` (which must end in
@@ -88,9 +99,15 @@ pub async fn upsert_task(
     connection: &mut PgConnection,
     tenant: &TenantId,
     task: &Task,
-) -> Result<Uuid, DbError> {
+) -> Result<(Uuid, StoreOutcome), DbError> {
     let id = task_id_for(connection, tenant, task.source_format, &task.key).await?;
-    sqlx::query(
+    let previous: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT content_hash FROM tasks WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant.as_str())
+            .bind(id)
+            .fetch_one(&mut *connection)
+            .await?;
+    let changed = sqlx::query(
         "UPDATE tasks SET name = $3, source_create_time = $4, source_update_time = $5,
              run_state = $6, max_concurrent_calls = $7, calls_per_second = $8, redial_rounds = $9,
              ring_timeout_seconds = $10, caller_id_number = $11, call_notify_url = $12,
@@ -118,8 +135,10 @@ pub async fn upsert_task(
     .bind(sqlx::types::Json(&task.extra))
     .bind(hash_of(task))
     .execute(connection)
-    .await?;
-    Ok(id)
+    .await?
+    .rows_affected()
+        > 0;
+    Ok((id, outcome(previous, changed)))
 }
 
 /// The id of a tag group known by its source key, creating a minimal group if needed.
@@ -147,9 +166,15 @@ pub async fn upsert_tag_group(
     connection: &mut PgConnection,
     tenant: &TenantId,
     group: &TagGroup,
-) -> Result<Uuid, DbError> {
+) -> Result<(Uuid, StoreOutcome), DbError> {
     let id = tag_group_id_for(connection, tenant, group.source_format, &group.key).await?;
-    sqlx::query(
+    let previous: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT content_hash FROM tag_groups WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant.as_str())
+            .bind(id)
+            .fetch_one(&mut *connection)
+            .await?;
+    let changed = sqlx::query(
         "UPDATE tag_groups SET name = $3, scene_id = $4, source_create_time = $5,
              source_update_time = $6, extra = $7, content_hash = $8, update_time = now()
          WHERE tenant_id = $1 AND id = $2 AND content_hash IS DISTINCT FROM $8",
@@ -163,8 +188,10 @@ pub async fn upsert_tag_group(
     .bind(sqlx::types::Json(&group.extra))
     .bind(hash_of(group))
     .execute(connection)
-    .await?;
-    Ok(id)
+    .await?
+    .rows_affected()
+        > 0;
+    Ok((id, outcome(previous, changed)))
 }
 
 /// The id of a tag a call refers to, creating a minimal tag (named as the reference says)
@@ -207,7 +234,7 @@ pub async fn upsert_tag(
     connection: &mut PgConnection,
     tenant: &TenantId,
     tag: &Tag,
-) -> Result<Uuid, DbError> {
+) -> Result<(Uuid, StoreOutcome), DbError> {
     let reference = TagRef {
         source_tag_id: tag.key.id.clone(),
         name: None,
@@ -220,6 +247,12 @@ pub async fn upsert_tag(
         &reference,
     )
     .await?;
+    let previous: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT content_hash FROM tags WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant.as_str())
+            .bind(id)
+            .fetch_one(&mut *connection)
+            .await?;
     let changed = sqlx::query(
         "UPDATE tags SET name = $3, description = $4, color = $5, enabled = $6,
              source_create_time = $7, source_update_time = $8, extra = $9, content_hash = $10,
@@ -265,7 +298,7 @@ pub async fn upsert_tag(
         .execute(connection)
         .await?;
     }
-    Ok(id)
+    Ok((id, outcome(previous, changed)))
 }
 
 /// The id of a level a call refers to, creating a minimal level if needed.
@@ -297,7 +330,7 @@ pub async fn upsert_level(
     connection: &mut PgConnection,
     tenant: &TenantId,
     level: &Level,
-) -> Result<Uuid, DbError> {
+) -> Result<(Uuid, StoreOutcome), DbError> {
     let reference = LevelRef {
         source_level_id: level.key.id.clone(),
     };
@@ -309,7 +342,13 @@ pub async fn upsert_level(
         &reference,
     )
     .await?;
-    sqlx::query(
+    let previous: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT content_hash FROM levels WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant.as_str())
+            .bind(id)
+            .fetch_one(&mut *connection)
+            .await?;
+    let changed = sqlx::query(
         "UPDATE levels SET name = $3, alias = $4, color = $5, min_score = $6, max_score = $7,
              extra = $8, content_hash = $9, update_time = now()
          WHERE tenant_id = $1 AND id = $2 AND content_hash IS DISTINCT FROM $9",
@@ -324,6 +363,8 @@ pub async fn upsert_level(
     .bind(sqlx::types::Json(&level.extra))
     .bind(hash_of(level))
     .execute(connection)
-    .await?;
-    Ok(id)
+    .await?
+    .rows_affected()
+        > 0;
+    Ok((id, outcome(previous, changed)))
 }

@@ -69,13 +69,7 @@ async fn try_store_batch(
     }
     for number in &batch.numbers {
         let mut savepoint = sqlx::Connection::begin(&mut *transaction).await?;
-        let outcome = async {
-            let task_id =
-                catalog::task_id_for(&mut savepoint, tenant, number.source_format, &number.task)
-                    .await?;
-            numbers::upsert_task_number(&mut savepoint, tenant, task_id, number).await
-        }
-        .await;
+        let outcome = store_number(&mut savepoint, tenant, number).await;
         results.numbers.push(settle(savepoint, outcome).await?);
     }
     for imported in &batch.quality {
@@ -157,4 +151,67 @@ async fn resolve_refs(
         tag_ids,
         turn_tag_ids,
     })
+}
+
+/// A catalog item of an `Upsert*` request.
+#[derive(Debug, Clone)]
+pub enum CatalogItem {
+    Task(crate::domain::task::Task),
+    TagGroup(crate::domain::tag::TagGroup),
+    Tag(crate::domain::tag::Tag),
+    Level(crate::domain::tag::Level),
+    Number(crate::domain::task::TaskNumber),
+}
+
+/// Stores catalog items in one transaction, a savepoint each; one result per item, in order.
+pub async fn store_catalog(
+    pool: &PgPool,
+    tenant: &TenantId,
+    items: &[CatalogItem],
+) -> Result<Vec<Result<(uuid::Uuid, StoreOutcome), DbError>>, DbError> {
+    let mut attempt = 1;
+    loop {
+        match try_store_catalog(pool, tenant, items).await {
+            Err(DbError::Aborted(error)) if attempt < ATTEMPTS => {
+                tracing::info!(error = %error, attempt, "upsert aborted by a concurrent one; retrying");
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn try_store_catalog(
+    pool: &PgPool,
+    tenant: &TenantId,
+    items: &[CatalogItem],
+) -> Result<Vec<Result<(uuid::Uuid, StoreOutcome), DbError>>, DbError> {
+    let mut transaction = pool.begin().await?;
+    catalog::ensure_tenant(&mut transaction, tenant).await?;
+    let mut results = Vec::with_capacity(items.len());
+    for item in items {
+        let mut savepoint = sqlx::Connection::begin(&mut *transaction).await?;
+        let outcome = match item {
+            CatalogItem::Task(task) => catalog::upsert_task(&mut savepoint, tenant, task).await,
+            CatalogItem::TagGroup(group) => {
+                catalog::upsert_tag_group(&mut savepoint, tenant, group).await
+            }
+            CatalogItem::Tag(tag) => catalog::upsert_tag(&mut savepoint, tenant, tag).await,
+            CatalogItem::Level(level) => catalog::upsert_level(&mut savepoint, tenant, level).await,
+            CatalogItem::Number(number) => store_number(&mut savepoint, tenant, number).await,
+        };
+        results.push(settle(savepoint, outcome).await?);
+    }
+    transaction.commit().await?;
+    Ok(results)
+}
+
+async fn store_number(
+    connection: &mut PgConnection,
+    tenant: &TenantId,
+    number: &crate::domain::task::TaskNumber,
+) -> Result<(uuid::Uuid, StoreOutcome), DbError> {
+    let task_id =
+        catalog::task_id_for(&mut *connection, tenant, number.source_format, &number.task).await?;
+    numbers::upsert_task_number(connection, tenant, task_id, number).await
 }

@@ -11,4 +11,5 @@ mod migrations;
 mod reflection;
 mod shutdown;
 mod unimplemented;
+mod upsert;
 mod webhook;
