@@ -151,18 +151,15 @@ impl IngestService for IngestApi {
         request: Request<UpsertTasksRequest>,
     ) -> Result<Response<UpsertTasksResponse>, Status> {
         let tenant = tenant_of(&request)?;
-        let tasks = request.into_inner().tasks;
-        self.check_batch("tasks", tasks.len())?;
-        let items = tasks
-            .into_iter()
-            .enumerate()
-            .map(|(index, task)| {
-                let source_id = task.source_task_id.clone();
-                let item = task_from_proto(task, &format!("tasks[{index}]")).map(CatalogItem::Task);
-                (source_id, item)
-            })
-            .collect();
-        let results = self.upsert_catalog(&tenant, items).await?;
+        let results = self
+            .upsert_each(
+                &tenant,
+                "tasks",
+                request.into_inner().tasks,
+                |item| item.source_task_id.clone(),
+                |item, path| task_from_proto(item, path).map(CatalogItem::Task),
+            )
+            .await?;
         Ok(Response::new(UpsertTasksResponse { results }))
     }
 
@@ -171,19 +168,15 @@ impl IngestService for IngestApi {
         request: Request<UpsertTagGroupsRequest>,
     ) -> Result<Response<UpsertTagGroupsResponse>, Status> {
         let tenant = tenant_of(&request)?;
-        let groups = request.into_inner().tag_groups;
-        self.check_batch("tag_groups", groups.len())?;
-        let items = groups
-            .into_iter()
-            .enumerate()
-            .map(|(index, group)| {
-                let source_id = group.source_tag_group_id.clone();
-                let item = tag_group_from_proto(group, &format!("tag_groups[{index}]"))
-                    .map(CatalogItem::TagGroup);
-                (source_id, item)
-            })
-            .collect();
-        let results = self.upsert_catalog(&tenant, items).await?;
+        let results = self
+            .upsert_each(
+                &tenant,
+                "tag_groups",
+                request.into_inner().tag_groups,
+                |item| item.source_tag_group_id.clone(),
+                |item, path| tag_group_from_proto(item, path).map(CatalogItem::TagGroup),
+            )
+            .await?;
         Ok(Response::new(UpsertTagGroupsResponse { results }))
     }
 
@@ -192,18 +185,15 @@ impl IngestService for IngestApi {
         request: Request<UpsertTagsRequest>,
     ) -> Result<Response<UpsertTagsResponse>, Status> {
         let tenant = tenant_of(&request)?;
-        let tags = request.into_inner().tags;
-        self.check_batch("tags", tags.len())?;
-        let items = tags
-            .into_iter()
-            .enumerate()
-            .map(|(index, tag)| {
-                let source_id = tag.source_tag_id.clone();
-                let item = tag_from_proto(tag, &format!("tags[{index}]")).map(CatalogItem::Tag);
-                (source_id, item)
-            })
-            .collect();
-        let results = self.upsert_catalog(&tenant, items).await?;
+        let results = self
+            .upsert_each(
+                &tenant,
+                "tags",
+                request.into_inner().tags,
+                |item| item.source_tag_id.clone(),
+                |item, path| tag_from_proto(item, path).map(CatalogItem::Tag),
+            )
+            .await?;
         Ok(Response::new(UpsertTagsResponse { results }))
     }
 
@@ -212,19 +202,15 @@ impl IngestService for IngestApi {
         request: Request<UpsertLevelsRequest>,
     ) -> Result<Response<UpsertLevelsResponse>, Status> {
         let tenant = tenant_of(&request)?;
-        let levels = request.into_inner().levels;
-        self.check_batch("levels", levels.len())?;
-        let items = levels
-            .into_iter()
-            .enumerate()
-            .map(|(index, level)| {
-                let source_id = level.source_level_id.clone();
-                let item =
-                    level_from_proto(level, &format!("levels[{index}]")).map(CatalogItem::Level);
-                (source_id, item)
-            })
-            .collect();
-        let results = self.upsert_catalog(&tenant, items).await?;
+        let results = self
+            .upsert_each(
+                &tenant,
+                "levels",
+                request.into_inner().levels,
+                |item| item.source_level_id.clone(),
+                |item, path| level_from_proto(item, path).map(CatalogItem::Level),
+            )
+            .await?;
         Ok(Response::new(UpsertLevelsResponse { results }))
     }
 
@@ -236,18 +222,15 @@ impl IngestService for IngestApi {
         let request = request.into_inner();
         self.check_batch("numbers", request.numbers.len())?;
         let task = self.task_key(&tenant, &request).await?;
-        let items = request
-            .numbers
-            .into_iter()
-            .enumerate()
-            .map(|(index, number)| {
-                let source_id = number.number.clone();
-                let item = task_number_from_proto(number, &task, &format!("numbers[{index}]"))
-                    .map(CatalogItem::Number);
-                (source_id, item)
-            })
-            .collect();
-        let results = self.upsert_catalog(&tenant, items).await?;
+        let results = self
+            .upsert_each(
+                &tenant,
+                "numbers",
+                request.numbers,
+                |number| number.number.clone(),
+                |number, path| task_number_from_proto(number, &task, path).map(CatalogItem::Number),
+            )
+            .await?;
         Ok(Response::new(UpsertTaskNumbersResponse { results }))
     }
 
@@ -365,6 +348,27 @@ impl IngestApi {
         .map_err(|error| ApiError::from(DbError::from(error)))?;
         let (system, id) = key.ok_or(ApiError::NotFound { resource: "task" })?;
         Ok(SourceKey { system, id })
+    }
+
+    /// Validates catalog messages (`field[i]` names their fields) and stores the valid ones.
+    async fn upsert_each<M>(
+        &self,
+        tenant: &TenantId,
+        field: &str,
+        messages: Vec<M>,
+        source_id: impl Fn(&M) -> String,
+        convert: impl Fn(M, &str) -> Result<CatalogItem, Vec<FieldViolation>>,
+    ) -> Result<Vec<IngestItemResult>, ApiError> {
+        self.check_batch(field, messages.len())?;
+        let items = messages
+            .into_iter()
+            .enumerate()
+            .map(|(index, message)| {
+                let id = source_id(&message);
+                (id, convert(message, &format!("{field}[{index}]")))
+            })
+            .collect();
+        self.upsert_catalog(tenant, items).await
     }
 
     /// Stores validated catalog items; one result per item, in order.
