@@ -32,6 +32,20 @@ fn hash_of<T: serde::Serialize>(value: &T) -> Vec<u8> {
     Sha256::digest(serde_json::to_vec(value).unwrap_or_default()).to_vec()
 }
 
+/// The content hash a row had before an upsert (none when it was never described).
+async fn previous_hash(
+    connection: &mut PgConnection,
+    select_sql: &'static str,
+    tenant: &TenantId,
+    id: Uuid,
+) -> Result<Option<Vec<u8>>, DbError> {
+    Ok(sqlx::query_scalar(select_sql)
+        .bind(tenant.as_str())
+        .bind(id)
+        .fetch_one(connection)
+        .await?)
+}
+
 /// What an upsert did: a row never described before (only referenced, or new) counts as
 /// created when its description arrives.
 fn outcome(previous_hash: Option<Vec<u8>>, changed: bool) -> StoreOutcome {
@@ -101,12 +115,13 @@ pub async fn upsert_task(
     task: &Task,
 ) -> Result<(Uuid, StoreOutcome), DbError> {
     let id = task_id_for(connection, tenant, task.source_format, &task.key).await?;
-    let previous: Option<Vec<u8>> =
-        sqlx::query_scalar("SELECT content_hash FROM tasks WHERE tenant_id = $1 AND id = $2")
-            .bind(tenant.as_str())
-            .bind(id)
-            .fetch_one(&mut *connection)
-            .await?;
+    let previous = previous_hash(
+        connection,
+        "SELECT content_hash FROM tasks WHERE tenant_id = $1 AND id = $2",
+        tenant,
+        id,
+    )
+    .await?;
     let changed = sqlx::query(
         "UPDATE tasks SET name = $3, source_create_time = $4, source_update_time = $5,
              run_state = $6, max_concurrent_calls = $7, calls_per_second = $8, redial_rounds = $9,
@@ -168,12 +183,13 @@ pub async fn upsert_tag_group(
     group: &TagGroup,
 ) -> Result<(Uuid, StoreOutcome), DbError> {
     let id = tag_group_id_for(connection, tenant, group.source_format, &group.key).await?;
-    let previous: Option<Vec<u8>> =
-        sqlx::query_scalar("SELECT content_hash FROM tag_groups WHERE tenant_id = $1 AND id = $2")
-            .bind(tenant.as_str())
-            .bind(id)
-            .fetch_one(&mut *connection)
-            .await?;
+    let previous = previous_hash(
+        connection,
+        "SELECT content_hash FROM tag_groups WHERE tenant_id = $1 AND id = $2",
+        tenant,
+        id,
+    )
+    .await?;
     let changed = sqlx::query(
         "UPDATE tag_groups SET name = $3, scene_id = $4, source_create_time = $5,
              source_update_time = $6, extra = $7, content_hash = $8, update_time = now()
@@ -247,12 +263,13 @@ pub async fn upsert_tag(
         &reference,
     )
     .await?;
-    let previous: Option<Vec<u8>> =
-        sqlx::query_scalar("SELECT content_hash FROM tags WHERE tenant_id = $1 AND id = $2")
-            .bind(tenant.as_str())
-            .bind(id)
-            .fetch_one(&mut *connection)
-            .await?;
+    let previous = previous_hash(
+        connection,
+        "SELECT content_hash FROM tags WHERE tenant_id = $1 AND id = $2",
+        tenant,
+        id,
+    )
+    .await?;
     let changed = sqlx::query(
         "UPDATE tags SET name = $3, description = $4, color = $5, enabled = $6,
              source_create_time = $7, source_update_time = $8, extra = $9, content_hash = $10,
@@ -342,12 +359,13 @@ pub async fn upsert_level(
         &reference,
     )
     .await?;
-    let previous: Option<Vec<u8>> =
-        sqlx::query_scalar("SELECT content_hash FROM levels WHERE tenant_id = $1 AND id = $2")
-            .bind(tenant.as_str())
-            .bind(id)
-            .fetch_one(&mut *connection)
-            .await?;
+    let previous = previous_hash(
+        connection,
+        "SELECT content_hash FROM levels WHERE tenant_id = $1 AND id = $2",
+        tenant,
+        id,
+    )
+    .await?;
     let changed = sqlx::query(
         "UPDATE levels SET name = $3, alias = $4, color = $5, min_score = $6, max_score = $7,
              extra = $8, content_hash = $9, update_time = now()

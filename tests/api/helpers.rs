@@ -93,7 +93,29 @@ pub async fn start(config: Config) -> TestApp {
     }
 }
 
+/// A request acting for `tenant`.
+pub fn as_tenant<T>(tenant: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("x-tenant-id", tenant.parse().expect("ASCII tenant"));
+    request
+}
+
 impl TestApp {
+    /// A pool on the test's own database, to check what was stored.
+    pub async fn pool(&self) -> sqlx::PgPool {
+        sqlx::PgPool::connect_with(self.database.clone())
+            .await
+            .expect("connects to the test database")
+    }
+
+    pub async fn ingest_client(
+        &self,
+    ) -> callstore::proto::ingest_service_client::IngestServiceClient<Channel> {
+        callstore::proto::ingest_service_client::IngestServiceClient::new(self.channel().await)
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.address)
     }

@@ -2,37 +2,18 @@ use prost::Message as _;
 use sqlx::PgPool;
 use tonic::{Code, Request};
 
-use callstore::proto::ingest_service_client::IngestServiceClient;
 use callstore::proto::{
     CallRecord, IngestCallsRequest, IngestOutcome, IngestVendorPayloadRequest, PayloadFormat,
     Speaker, Turn,
 };
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{as_tenant, spawn_app};
 
 const HANGUP_PUSH: &[u8] = include_bytes!("../fixtures/hangup_push.json");
 const RECORD_INFO: &[u8] = include_bytes!("../fixtures/task_api_record_info.json");
 const RECORD_BRIEF: &[u8] = include_bytes!("../fixtures/task_api_record_brief.json");
 const CALL_LIST: &[u8] = include_bytes!("../fixtures/task_api_done_task_phones.json");
 const HUAWEI_RESULTS: &[u8] = include_bytes!("../fixtures/huawei_campaign_results.json");
-
-fn as_tenant<T>(tenant: &str, message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("x-tenant-id", tenant.parse().expect("ASCII tenant"));
-    request
-}
-
-async fn client(app: &TestApp) -> IngestServiceClient<tonic::transport::Channel> {
-    IngestServiceClient::new(app.channel().await)
-}
-
-async fn pool(app: &TestApp) -> PgPool {
-    PgPool::connect_with(app.database.clone())
-        .await
-        .expect("connects")
-}
 
 fn payload(format: PayloadFormat, bytes: &[u8]) -> IngestVendorPayloadRequest {
     IngestVendorPayloadRequest {
@@ -64,7 +45,8 @@ struct StoredHangupPush {
 #[tokio::test]
 async fn a_hangup_push_is_stored_with_its_dialogue_and_everything_else_kept() {
     let app = spawn_app().await;
-    let response = client(&app)
+    let response = app
+        .ingest_client()
         .await
         .ingest_vendor_payload(as_tenant(
             "acme",
@@ -79,7 +61,7 @@ async fn a_hangup_push_is_stored_with_its_dialogue_and_everything_else_kept() {
     assert_eq!(result.version, 1);
     assert_eq!(result.source_id, "db57f262-18d6-11f0-88c8-2f2b0aba51d7");
 
-    let pool = pool(&app).await;
+    let pool = app.pool().await;
     let stored: StoredHangupPush = sqlx::query_as(
         "SELECT callee, talk_duration_ms AS talk_ms, score, labels, transfer_state,
                 custom_fields->>'ext1' AS ext1, extra->>'user_sn' AS user_sn, turn_count
@@ -137,7 +119,7 @@ async fn a_hangup_push_is_stored_with_its_dialogue_and_everything_else_kept() {
 #[tokio::test]
 async fn task_api_payloads_store_calls_turns_tags_levels_and_tasks() {
     let app = spawn_app().await;
-    let mut client = client(&app).await;
+    let mut client = app.ingest_client().await;
     for (format, bytes) in [
         (PayloadFormat::TaskApiRecord, RECORD_INFO),
         (PayloadFormat::TaskApiRecord, RECORD_BRIEF),
@@ -156,7 +138,7 @@ async fn task_api_payloads_store_calls_turns_tags_levels_and_tasks() {
             "{response:?}"
         );
     }
-    let pool = pool(&app).await;
+    let pool = app.pool().await;
     assert_eq!(count(&pool, "SELECT count(*) FROM calls").await, 3);
 
     // The detail's dialogue: in order, without the interim ASR rows, which stay in extra.
@@ -219,7 +201,8 @@ async fn task_api_payloads_store_calls_turns_tags_levels_and_tasks() {
 #[tokio::test]
 async fn huawei_results_are_stored_with_the_fail_code_as_sent() {
     let app = spawn_app().await;
-    let response = client(&app)
+    let response = app
+        .ingest_client()
         .await
         .ingest_vendor_payload(as_tenant(
             "acme",
@@ -229,7 +212,7 @@ async fn huawei_results_are_stored_with_the_fail_code_as_sent() {
         .expect("ingests")
         .into_inner();
     assert_eq!(response.calls.len(), 1);
-    let pool = pool(&app).await;
+    let pool = app.pool().await;
     let (callee, fail_code, source_system): (String, Option<String>, String) = sqlx::query_as(
         "SELECT callee, huawei->>'fail_code', source_system FROM calls WHERE source_call_id = '0023-134864174'",
     )
@@ -244,7 +227,7 @@ async fn huawei_results_are_stored_with_the_fail_code_as_sent() {
 #[tokio::test]
 async fn a_call_delivered_three_times_is_stored_once_with_one_event() {
     let app = spawn_app().await;
-    let mut client = client(&app).await;
+    let mut client = app.ingest_client().await;
     let mut outcomes = Vec::new();
     for _ in 0..3 {
         let response = client
@@ -265,7 +248,7 @@ async fn a_call_delivered_three_times_is_stored_once_with_one_event() {
             (IngestOutcome::Unchanged, 1)
         ]
     );
-    let pool = pool(&app).await;
+    let pool = app.pool().await;
     assert_eq!(count(&pool, "SELECT count(*) FROM calls").await, 1);
     assert_eq!(count(&pool, "SELECT count(*) FROM feed_events").await, 1);
 }
@@ -275,7 +258,7 @@ async fn concurrent_duplicate_deliveries_store_one_call_and_one_event() {
     let app = spawn_app().await;
     let mut deliveries = Vec::new();
     for _ in 0..3 {
-        let mut client = client(&app).await;
+        let mut client = app.ingest_client().await;
         deliveries.push(tokio::spawn(async move {
             client
                 .ingest_vendor_payload(as_tenant(
@@ -302,7 +285,7 @@ async fn concurrent_duplicate_deliveries_store_one_call_and_one_event() {
             IngestOutcome::Unchanged
         ]
     );
-    let pool = pool(&app).await;
+    let pool = app.pool().await;
     assert_eq!(count(&pool, "SELECT count(*) FROM calls").await, 1);
     assert_eq!(count(&pool, "SELECT count(*) FROM feed_events").await, 1);
 }
@@ -310,7 +293,7 @@ async fn concurrent_duplicate_deliveries_store_one_call_and_one_event() {
 #[tokio::test]
 async fn a_changed_redelivery_is_version_two_with_a_second_event() {
     let app = spawn_app().await;
-    let mut client = client(&app).await;
+    let mut client = app.ingest_client().await;
     client
         .ingest_vendor_payload(as_tenant(
             "acme",
@@ -335,7 +318,7 @@ async fn a_changed_redelivery_is_version_two_with_a_second_event() {
     assert_eq!(response.calls[0].outcome(), IngestOutcome::Updated);
     assert_eq!(response.calls[0].version, 2);
 
-    let pool = pool(&app).await;
+    let pool = app.pool().await;
     let (score, version): (Option<i64>, i64) = sqlx::query_as("SELECT score, version FROM calls")
         .fetch_one(&pool)
         .await
@@ -380,7 +363,8 @@ fn native_call(source_call_id: &str, callee: &str) -> CallRecord {
 #[tokio::test]
 async fn a_bad_item_is_rejected_with_its_field_and_the_others_are_stored() {
     let app = spawn_app().await;
-    let response = client(&app)
+    let response = app
+        .ingest_client()
         .await
         .ingest_calls(as_tenant(
             "acme",
@@ -414,7 +398,7 @@ async fn a_bad_item_is_rejected_with_its_field_and_the_others_are_stored() {
         .expect("a BadRequest");
     assert_eq!(bad_request.field_violations[0].field, "calls[1].callee");
 
-    let pool = pool(&app).await;
+    let pool = app.pool().await;
     assert_eq!(count(&pool, "SELECT count(*) FROM calls").await, 2);
     assert_eq!(count(&pool, "SELECT count(*) FROM turns").await, 4);
 }
@@ -422,7 +406,7 @@ async fn a_bad_item_is_rejected_with_its_field_and_the_others_are_stored() {
 #[tokio::test]
 async fn malformed_payloads_are_refused_naming_the_format_and_the_path() {
     let app = spawn_app().await;
-    let mut client = client(&app).await;
+    let mut client = app.ingest_client().await;
     let mut no_uuid: serde_json::Value = serde_json::from_slice(HANGUP_PUSH).expect("JSON");
     no_uuid.as_object_mut().expect("an object").remove("uuid");
     let cases: Vec<(PayloadFormat, Vec<u8>, &str)> = vec![
@@ -464,14 +448,14 @@ async fn malformed_payloads_are_refused_naming_the_format_and_the_path() {
             bad_request.field_violations[0].description
         );
     }
-    let pool = pool(&app).await;
+    let pool = app.pool().await;
     assert_eq!(count(&pool, "SELECT count(*) FROM calls").await, 0);
 }
 
 #[tokio::test]
 async fn ingest_needs_a_valid_tenant() {
     let app = spawn_app().await;
-    let mut client = client(&app).await;
+    let mut client = app.ingest_client().await;
     let missing = client
         .ingest_calls(Request::new(IngestCallsRequest::default()))
         .await
@@ -489,7 +473,7 @@ async fn ingest_needs_a_valid_tenant() {
 #[tokio::test]
 async fn tenants_do_not_share_calls_with_the_same_source_id() {
     let app = spawn_app().await;
-    let mut client = client(&app).await;
+    let mut client = app.ingest_client().await;
     for tenant in ["acme", "globex"] {
         let response = client
             .ingest_vendor_payload(as_tenant(
@@ -501,7 +485,7 @@ async fn tenants_do_not_share_calls_with_the_same_source_id() {
             .into_inner();
         assert_eq!(response.calls[0].outcome(), IngestOutcome::Created);
     }
-    let pool = pool(&app).await;
+    let pool = app.pool().await;
     assert_eq!(
         count(&pool, "SELECT count(DISTINCT tenant_id) FROM calls").await,
         2
@@ -514,7 +498,7 @@ const HUAWEI_QC: &[u8] = include_bytes!("../fixtures/huawei_qc_result.json");
 #[tokio::test]
 async fn task_numbers_are_stored_with_their_attempts_once() {
     let app = spawn_app().await;
-    let mut client = client(&app).await;
+    let mut client = app.ingest_client().await;
     let mut outcomes = Vec::new();
     for _ in 0..2 {
         let response = client
@@ -530,7 +514,7 @@ async fn task_numbers_are_stored_with_their_attempts_once() {
     }
     assert_eq!(outcomes, [IngestOutcome::Created, IngestOutcome::Unchanged]);
 
-    let pool = pool(&app).await;
+    let pool = app.pool().await;
     let (number, status, task): (String, i16, String) = sqlx::query_as(
         "SELECT task_numbers.number, task_numbers.status, tasks.source_task_id
          FROM task_numbers JOIN tasks ON tasks.tenant_id = task_numbers.tenant_id AND tasks.id = task_numbers.task_id",
@@ -561,7 +545,7 @@ async fn task_numbers_are_stored_with_their_attempts_once() {
 #[tokio::test]
 async fn a_huawei_qc_result_attaches_to_its_call_once() {
     let app = spawn_app().await;
-    let mut client = client(&app).await;
+    let mut client = app.ingest_client().await;
 
     // Before the call is stored the result is refused, so the sender retries.
     let early = client
@@ -602,7 +586,7 @@ async fn a_huawei_qc_result_attaches_to_its_call_once() {
         outcomes,
         [(IngestOutcome::Created, 1), (IngestOutcome::Unchanged, 1)]
     );
-    let pool = pool(&app).await;
+    let pool = app.pool().await;
     let (source, staff, segments): (i16, Option<String>, i64) = sqlx::query_as(
         "SELECT source, details->>'staff_name', jsonb_array_length(details->'segments')::bigint
          FROM quality_results",
@@ -638,7 +622,8 @@ async fn a_call_stream_acknowledges_every_item_in_order_once_committed() {
             client_token: format!("token-{index}"),
         });
     }
-    let mut acks = client(&app)
+    let mut acks = app
+        .ingest_client()
         .await
         .ingest_call_stream(as_tenant("acme", tokio_stream::iter(messages)))
         .await
@@ -661,7 +646,7 @@ async fn a_call_stream_acknowledges_every_item_in_order_once_committed() {
         };
         assert_eq!(result.outcome(), expected, "item {index}");
     }
-    let pool = pool(&app).await;
+    let pool = app.pool().await;
     assert_eq!(count(&pool, "SELECT count(*) FROM calls").await, 298);
     assert_eq!(count(&pool, "SELECT count(*) FROM feed_events").await, 298);
 }

@@ -1,6 +1,5 @@
 use std::net::SocketAddr;
 
-use sqlx::PgPool;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::helpers::{TestApp, loopback_port_0, spawn_app_with};
@@ -39,9 +38,7 @@ async fn post(address: SocketAddr, path: &str, body: &[u8]) -> (u16, String) {
 }
 
 async fn count(app: &TestApp, sql: &'static str) -> i64 {
-    let pool = PgPool::connect_with(app.database.clone())
-        .await
-        .expect("connects");
+    let pool = app.pool().await;
     sqlx::query_scalar(sql)
         .fetch_one(&pool)
         .await
