@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::api::ingest::IngestLimits;
 use crate::db::PoolSettings;
 use crate::db::server::DatabaseSettings;
+use crate::ingest::group_commit::GroupCommitSettings;
 
 /// The local server tried when `DATABASE_URL` is unset.
 pub const DEFAULT_LOCAL_DATABASE_URL: &str = "postgres://localhost:5432/callstore";
@@ -33,6 +34,8 @@ pub struct Config {
     pub http2_keepalive_timeout: Duration,
     /// What one ingest request may carry.
     pub ingest: IngestLimits,
+    /// How concurrent small ingest requests share commits.
+    pub group_commit: GroupCommitSettings,
     /// Address of the optional webhook listener where vendors push payloads.
     pub webhook_listen_addr: Option<SocketAddr>,
 }
@@ -58,6 +61,7 @@ impl Config {
             http2_keepalive_interval: Duration::from_secs(30),
             http2_keepalive_timeout: Duration::from_secs(10),
             ingest: IngestLimits::default(),
+            group_commit: GroupCommitSettings::default(),
             webhook_listen_addr: None,
         }
     }

@@ -85,6 +85,13 @@ impl ApiError {
 
 impl From<crate::db::DbError> for ApiError {
     fn from(error: crate::db::DbError) -> Self {
+        Self::from(&error)
+    }
+}
+
+/// By reference, for an error shared by every call of a failed group commit.
+impl From<&crate::db::DbError> for ApiError {
+    fn from(error: &crate::db::DbError) -> Self {
         use crate::db::DbError;
         match error {
             DbError::NotFound => Self::NotFound {
@@ -117,7 +124,7 @@ impl From<crate::db::DbError> for ApiError {
                 tracing::warn!(error = %cause, "database unavailable");
                 Self::Unavailable("the database is unavailable, retry later".to_owned())
             }
-            DbError::Other(cause) => Self::Internal(cause.into()),
+            DbError::Other(cause) => Self::Internal(anyhow::anyhow!("{cause}")),
         }
     }
 }

@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::db;
 use crate::db::server::ResolvedDatabase;
 use crate::health::{self, READINESS};
+use crate::ingest::group_commit::GroupCommitter;
 use crate::proto;
 
 /// Descriptor set of callstore's protos and their imports, served by reflection.
@@ -121,6 +122,8 @@ impl Application {
             stop.child_token(),
         ));
 
+        // Ingest's way into the database, shared by the RPCs and the webhooks.
+        let store = GroupCommitter::start(pool.clone(), &config.group_commit);
         let router = Server::builder()
             .http2_keepalive_interval(Some(config.http2_keepalive_interval))
             .http2_keepalive_timeout(Some(config.http2_keepalive_timeout))
@@ -129,7 +132,7 @@ impl Application {
             .add_service(reflection_v1()?)
             .add_service(reflection_v1alpha()?)
             .add_service(proto::ingest_service_server::IngestServiceServer::new(
-                api::ingest::IngestApi::new(pool.clone(), config.ingest.clone()),
+                api::ingest::IngestApi::new(pool.clone(), config.ingest.clone(), store.clone()),
             ))
             .add_service(proto::query_service_server::QueryServiceServer::new(
                 api::query::QueryApi,
@@ -151,7 +154,7 @@ impl Application {
             if let Ok(address) = webhook_listener.local_addr() {
                 tracing::info!(address = %address, "serving webhooks");
             }
-            let app = crate::webhook::router(pool.clone());
+            let app = crate::webhook::router(store.clone());
             tokio::spawn(
                 axum::serve(webhook_listener, app)
                     .with_graceful_shutdown(stop_accepting.clone().cancelled_owned())

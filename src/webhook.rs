@@ -10,10 +10,10 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde::Deserialize;
-use sqlx::PgPool;
 
 use crate::domain::TenantId;
 use crate::error::ApiError;
+use crate::ingest::group_commit::GroupCommitter;
 use crate::ingest::payload::{PayloadOptions, ingest_payload};
 use crate::proto::PayloadFormat;
 
@@ -21,11 +21,11 @@ use crate::proto::PayloadFormat;
 const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
 /// The router of the webhook listener.
-pub fn router(pool: PgPool) -> Router {
+pub fn router(store: GroupCommitter) -> Router {
     Router::new()
         .route("/hooks/{tenant}/{format}", post(receive))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(pool)
+        .with_state(store)
 }
 
 /// Optional query parameters, as on `IngestVendorPayloadRequest`.
@@ -58,9 +58,9 @@ fn format_of(name: &str) -> Option<(PayloadFormat, Reply)> {
     })
 }
 
-#[tracing::instrument(skip(pool, query, body), fields(bytes = body.len()))]
+#[tracing::instrument(skip(store, query, body), fields(bytes = body.len()))]
 async fn receive(
-    State(pool): State<PgPool>,
+    State(store): State<GroupCommitter>,
     Path((tenant, format)): Path<(String, String)>,
     Query(query): Query<HookQuery>,
     body: Bytes,
@@ -83,7 +83,7 @@ async fn receive(
         time_zone: query.time_zone,
         source_task_id: query.source_task_id,
     };
-    match ingest_payload(&pool, &tenant, format, &body, &options).await {
+    match ingest_payload(&store, &tenant, format, &body, &options).await {
         Ok(ingested) if ingested.all_stored() => success(reply),
         Ok(_) => failure(
             reply,

@@ -374,6 +374,8 @@ impl<'limits> Checker<'limits> {
         let limit = self.limits.max_text_chars;
         if value.len() > limit && value.chars().nth(limit).is_some() {
             self.violation(field, format!("must be at most {limit} characters"));
+        } else if value.contains('\0') {
+            self.violation(field, "must not contain NUL characters");
         }
     }
 
@@ -659,6 +661,23 @@ fn custom_fields(
         fields.insert(name, value);
     }
     fields
+}
+
+/// Converts turns sent on their own (AppendTurns) with exactly the rules of a record's turns,
+/// so a dialogue is validated the same whether it arrives whole or turn by turn; `path`
+/// prefixes the fields (`turns[2].speaker` under an empty path).
+pub(crate) fn turns_from_proto(
+    wire: Vec<proto::Turn>,
+    path: &str,
+    limits: &CallLimits,
+) -> Result<Vec<Turn>, Vec<FieldViolation>> {
+    let mut checker = Checker::new(limits);
+    let turns = turns(&mut checker, path, wire);
+    if checker.violations.is_empty() {
+        Ok(turns)
+    } else {
+        Err(checker.violations)
+    }
 }
 
 fn turns(checker: &mut Checker<'_>, path: &str, wire: Vec<proto::Turn>) -> Vec<Turn> {

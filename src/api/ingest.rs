@@ -15,6 +15,7 @@ use crate::db::DbError;
 use crate::db::calls::{StoreOutcome, StoredCall};
 use crate::domain::{SourceKey, TenantId};
 use crate::error::{ApiError, FieldViolation};
+use crate::ingest::group_commit::GroupCommitter;
 use crate::ingest::payload::{IngestedPayload, PayloadOptions, ingest_payload};
 use crate::ingest::writer::CatalogItem;
 use crate::ingest::{Batch, writer};
@@ -49,11 +50,16 @@ impl Default for IngestLimits {
 pub struct IngestApi {
     pool: PgPool,
     limits: IngestLimits,
+    store: GroupCommitter,
 }
 
 impl IngestApi {
-    pub fn new(pool: PgPool, limits: IngestLimits) -> Self {
-        Self { pool, limits }
+    pub fn new(pool: PgPool, limits: IngestLimits, store: GroupCommitter) -> Self {
+        Self {
+            pool,
+            limits,
+            store,
+        }
     }
 }
 
@@ -254,26 +260,82 @@ impl IngestService for IngestApi {
         let IngestedPayload {
             batch,
             results: stored,
-        } = ingest_payload(&self.pool, &tenant, format, &request.payload, &options).await?;
+        } = ingest_payload(&self.store, &tenant, format, &request.payload, &options).await?;
         let calls = batch
             .calls
             .iter()
             .zip(stored.calls)
             .enumerate()
-            .map(|(index, (call, outcome))| item_result(index, &call.key.id, outcome))
+            .map(|(index, (call, outcome))| IngestItemResult {
+                item_type: "call".to_owned(),
+                ..item_result(index, &call.key.id, outcome)
+            })
             .collect();
-        let numbers = batch.numbers.iter().zip(stored.numbers).enumerate().map(
-            |(index, (number, outcome))| {
-                let outcome = outcome
-                    .map(|(id, outcome)| Stored {
-                        id,
-                        version: 0,
-                        outcome,
+        let catalog =
+            |item_type: &str,
+             source_ids: Vec<&str>,
+             results: Vec<Result<(uuid::Uuid, StoreOutcome), DbError>>| {
+                source_ids
+                    .into_iter()
+                    .zip(results)
+                    .enumerate()
+                    .map(|(index, (source_id, outcome))| {
+                        let outcome = outcome
+                            .map(|(id, outcome)| Stored {
+                                id,
+                                version: 0,
+                                outcome,
+                            })
+                            .map_err(ApiError::from);
+                        IngestItemResult {
+                            item_type: item_type.to_owned(),
+                            ..stored_result(index, source_id, outcome)
+                        }
                     })
-                    .map_err(ApiError::from);
-                stored_result(index, &number.number, outcome)
-            },
-        );
+                    .collect::<Vec<_>>()
+            };
+        let mut other = Vec::new();
+        other.extend(catalog(
+            "task",
+            batch
+                .tasks
+                .iter()
+                .map(|task| task.key.id.as_str())
+                .collect(),
+            stored.tasks,
+        ));
+        other.extend(catalog(
+            "tag_group",
+            batch
+                .tag_groups
+                .iter()
+                .map(|group| group.key.id.as_str())
+                .collect(),
+            stored.tag_groups,
+        ));
+        other.extend(catalog(
+            "tag",
+            batch.tags.iter().map(|tag| tag.key.id.as_str()).collect(),
+            stored.tags,
+        ));
+        other.extend(catalog(
+            "level",
+            batch
+                .levels
+                .iter()
+                .map(|level| level.key.id.as_str())
+                .collect(),
+            stored.levels,
+        ));
+        other.extend(catalog(
+            "task_number",
+            batch
+                .numbers
+                .iter()
+                .map(|number| number.number.as_str())
+                .collect(),
+            stored.numbers,
+        ));
         let quality = batch.quality.iter().zip(stored.quality).enumerate().map(
             |(index, (imported, outcome))| {
                 let outcome = outcome
@@ -289,13 +351,38 @@ impl IngestService for IngestApi {
                         )),
                         other => ApiError::from(other),
                     });
-                stored_result(index, &imported.call.id, outcome)
+                IngestItemResult {
+                    item_type: "quality_result".to_owned(),
+                    ..stored_result(index, &imported.call.id, outcome)
+                }
             },
         );
-        Ok(Response::new(IngestVendorPayloadResponse {
-            calls,
-            other: numbers.chain(quality).collect(),
-        }))
+        other.extend(quality);
+        Ok(Response::new(IngestVendorPayloadResponse { calls, other }))
+    }
+
+    async fn open_call(
+        &self,
+        request: Request<crate::proto::OpenCallRequest>,
+    ) -> Result<Response<crate::proto::OpenCallResponse>, Status> {
+        let response = super::ingest_live::open_call(&self.pool, &self.limits, request).await?;
+        Ok(Response::new(response))
+    }
+
+    async fn append_turns(
+        &self,
+        request: Request<crate::proto::AppendTurnsRequest>,
+    ) -> Result<Response<crate::proto::AppendTurnsResponse>, Status> {
+        let response = super::ingest_live::append_turns(&self.pool, &self.limits, request).await?;
+        Ok(Response::new(response))
+    }
+
+    async fn complete_call(
+        &self,
+        request: Request<crate::proto::CompleteCallRequest>,
+    ) -> Result<Response<crate::proto::CompleteCallResponse>, Status> {
+        let response = super::ingest_live::complete_call(&self.pool, &self.limits, request).await?;
+        Ok(Response::new(response))
     }
 }
 
@@ -466,10 +553,8 @@ impl IngestApi {
             }
         }
         if !batch.calls.is_empty() {
-            let stored = writer::store_batch(&self.pool, tenant, &batch).await?;
-            for ((offset, call), outcome) in
-                positions.into_iter().zip(&batch.calls).zip(stored.calls)
-            {
+            let stored = self.store.store_batch(tenant, &batch).await?.calls;
+            for ((offset, call), outcome) in positions.into_iter().zip(&batch.calls).zip(stored) {
                 results[offset] = Some(item_result(first_index + offset, &call.key.id, outcome));
             }
         }
@@ -484,10 +569,10 @@ struct Stored {
     outcome: StoreOutcome,
 }
 
-fn item_result(
+pub(super) fn item_result(
     index: usize,
     source_id: &str,
-    outcome: Result<StoredCall, DbError>,
+    outcome: Result<StoredCall, impl Into<ApiError>>,
 ) -> IngestItemResult {
     let outcome = outcome
         .map(|stored| Stored {
@@ -495,7 +580,7 @@ fn item_result(
             version: stored.version,
             outcome: stored.outcome,
         })
-        .map_err(ApiError::from);
+        .map_err(Into::into);
     stored_result(index, source_id, outcome)
 }
 
@@ -516,6 +601,7 @@ fn stored_result(
             source_id: source_id.to_owned(),
             version: stored.version,
             error: None,
+            item_type: String::new(),
         },
         Err(error) => rejected(index, source_id.to_owned(), error),
     }
@@ -529,5 +615,6 @@ fn rejected(index: usize, source_id: String, error: ApiError) -> IngestItemResul
         source_id,
         version: 0,
         error: Some(error.into_rpc_status()),
+        item_type: String::new(),
     }
 }

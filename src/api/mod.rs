@@ -7,6 +7,7 @@
 pub mod convert;
 pub mod convert_catalog;
 pub mod ingest;
+mod ingest_live;
 pub mod quality;
 pub mod query;
 pub mod watch;

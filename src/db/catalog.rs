@@ -56,37 +56,218 @@ fn outcome(previous_hash: Option<Vec<u8>>, changed: bool) -> StoreOutcome {
     }
 }
 
-/// Finds a row by its source key, creating it with `insert_sql` (which must end in
-/// `ON CONFLICT DO NOTHING RETURNING id` and bind tenant, format, system, id) when missing.
-async fn find_or_create(
+/// A kind of row that calls refer to by source key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefKind {
+    Task,
+    TagGroup,
+    Tag,
+    Level,
+}
+
+impl RefKind {
+    /// Looks rows up by `(source_system, source id)` pairs given as two arrays.
+    fn select_sql(self) -> &'static str {
+        match self {
+            Self::Task => {
+                "SELECT t.id, t.source_system, t.source_task_id, t.name FROM tasks t
+                 JOIN unnest($2::text[], $3::text[]) AS k (system, id)
+                   ON t.source_system = k.system AND t.source_task_id = k.id
+                 WHERE t.tenant_id = $1"
+            }
+            Self::TagGroup => {
+                "SELECT t.id, t.source_system, t.source_tag_group_id, t.name FROM tag_groups t
+                 JOIN unnest($2::text[], $3::text[]) AS k (system, id)
+                   ON t.source_system = k.system AND t.source_tag_group_id = k.id
+                 WHERE t.tenant_id = $1"
+            }
+            Self::Tag => {
+                "SELECT t.id, t.source_system, t.source_tag_id, t.name FROM tags t
+                 JOIN unnest($2::text[], $3::text[]) AS k (system, id)
+                   ON t.source_system = k.system AND t.source_tag_id = k.id
+                 WHERE t.tenant_id = $1"
+            }
+            Self::Level => {
+                "SELECT t.id, t.source_system, t.source_level_id, t.name FROM levels t
+                 JOIN unnest($2::text[], $3::text[]) AS k (system, id)
+                   ON t.source_system = k.system AND t.source_level_id = k.id
+                 WHERE t.tenant_id = $1"
+            }
+        }
+    }
+
+    /// Creates minimal rows (format, key and name) for keys not stored yet. Keys arrive
+    /// sorted, so concurrent batches lock new keys in the same order and cannot deadlock.
+    fn insert_sql(self) -> &'static str {
+        match self {
+            Self::Task => {
+                "INSERT INTO tasks (tenant_id, source_format, source_system, source_task_id, name)
+                 SELECT $1, k.format, k.system, k.id, k.name
+                 FROM unnest($2::smallint[], $3::text[], $4::text[], $5::text[])
+                   AS k (format, system, id, name)
+                 ON CONFLICT DO NOTHING RETURNING id, source_system, source_task_id, name"
+            }
+            Self::TagGroup => {
+                "INSERT INTO tag_groups (tenant_id, source_format, source_system, source_tag_group_id, name)
+                 SELECT $1, k.format, k.system, k.id, k.name
+                 FROM unnest($2::smallint[], $3::text[], $4::text[], $5::text[])
+                   AS k (format, system, id, name)
+                 ON CONFLICT DO NOTHING RETURNING id, source_system, source_tag_group_id, name"
+            }
+            Self::Tag => {
+                "INSERT INTO tags (tenant_id, source_format, source_system, source_tag_id, name)
+                 SELECT $1, k.format, k.system, k.id, k.name
+                 FROM unnest($2::smallint[], $3::text[], $4::text[], $5::text[])
+                   AS k (format, system, id, name)
+                 ON CONFLICT DO NOTHING RETURNING id, source_system, source_tag_id, name"
+            }
+            Self::Level => {
+                "INSERT INTO levels (tenant_id, source_format, source_system, source_level_id, name)
+                 SELECT $1, k.format, k.system, k.id, k.name
+                 FROM unnest($2::smallint[], $3::text[], $4::text[], $5::text[])
+                   AS k (format, system, id, name)
+                 ON CONFLICT DO NOTHING RETURNING id, source_system, source_level_id, name"
+            }
+        }
+    }
+
+    /// Names a row that was first created without one (only tags are named by references).
+    fn rename_sql(self) -> Option<&'static str> {
+        match self {
+            Self::Tag => Some(
+                "UPDATE tags SET name = k.name
+                 FROM unnest($2::uuid[], $3::text[]) AS k (id, name)
+                 WHERE tags.tenant_id = $1 AND tags.id = k.id AND tags.name = ''",
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// What a reference knows of the row it points at: the format of the payload it came in, and
+/// the name it gives (empty when it gives none).
+#[derive(Debug, Clone)]
+pub struct RefSeed {
+    pub format: SourceFormat,
+    pub name: String,
+}
+
+/// Source keys, sorted, each with what creating a minimal row needs.
+pub type RefKeys = std::collections::BTreeMap<(String, String), RefSeed>;
+
+/// Server ids by source key `(system, id)`.
+pub type RefIds = std::collections::HashMap<(String, String), Uuid>;
+
+type RefRow = (Uuid, String, String, String);
+
+/// Finds the rows of `kind` with the given source keys, creating minimal rows for those not
+/// stored yet; a row stored without a name gets the one its reference gives. One round trip
+/// when everything exists, which is the common case once a tenant's catalog is known.
+pub async fn ids_for(
     connection: &mut PgConnection,
     tenant: &TenantId,
+    kind: RefKind,
+    keys: &RefKeys,
+) -> Result<RefIds, DbError> {
+    let mut ids = RefIds::with_capacity(keys.len());
+    if keys.is_empty() {
+        return Ok(ids);
+    }
+    let (systems, source_ids): (Vec<&str>, Vec<&str>) = keys
+        .keys()
+        .map(|(system, id)| (system.as_str(), id.as_str()))
+        .unzip();
+    let found: Vec<RefRow> = sqlx::query_as(kind.select_sql())
+        .bind(tenant.as_str())
+        .bind(&systems)
+        .bind(&source_ids)
+        .fetch_all(&mut *connection)
+        .await?;
+    let mut unnamed: Vec<(Uuid, &str)> = Vec::new();
+    for (id, system, source_id, name) in found {
+        let key = (system, source_id);
+        if let Some(seed) = keys.get(&key)
+            && name.is_empty()
+            && !seed.name.is_empty()
+        {
+            unnamed.push((id, seed.name.as_str()));
+        }
+        ids.insert(key, id);
+    }
+    if let Some(rename_sql) = kind.rename_sql()
+        && !unnamed.is_empty()
+    {
+        let (row_ids, names): (Vec<Uuid>, Vec<&str>) = unnamed.into_iter().unzip();
+        sqlx::query(rename_sql)
+            .bind(tenant.as_str())
+            .bind(row_ids)
+            .bind(names)
+            .execute(&mut *connection)
+            .await?;
+    }
+    if ids.len() == keys.len() {
+        return Ok(ids);
+    }
+
+    let missing: Vec<(&(String, String), &RefSeed)> = keys
+        .iter()
+        .filter(|(key, _)| !ids.contains_key(*key))
+        .collect();
+    let formats: Vec<i16> = missing.iter().map(|(_, seed)| seed.format as i16).collect();
+    let systems: Vec<&str> = missing
+        .iter()
+        .map(|((system, _), _)| system.as_str())
+        .collect();
+    let source_ids: Vec<&str> = missing.iter().map(|((_, id), _)| id.as_str()).collect();
+    let names: Vec<&str> = missing.iter().map(|(_, seed)| seed.name.as_str()).collect();
+    let inserted: Vec<RefRow> = sqlx::query_as(kind.insert_sql())
+        .bind(tenant.as_str())
+        .bind(formats)
+        .bind(&systems)
+        .bind(&source_ids)
+        .bind(names)
+        .fetch_all(&mut *connection)
+        .await?;
+    for (id, system, source_id, _) in inserted {
+        ids.insert((system, source_id), id);
+    }
+    if ids.len() == keys.len() {
+        return Ok(ids);
+    }
+
+    // Other transactions created the rest meanwhile; a new statement sees them committed.
+    let found: Vec<RefRow> = sqlx::query_as(kind.select_sql())
+        .bind(tenant.as_str())
+        .bind(&systems)
+        .bind(&source_ids)
+        .fetch_all(&mut *connection)
+        .await?;
+    for (id, system, source_id, _) in found {
+        ids.insert((system, source_id), id);
+    }
+    if ids.len() == keys.len() {
+        Ok(ids)
+    } else {
+        Err(DbError::NotFound)
+    }
+}
+
+/// The id of one row by its source key, creating a minimal row if needed.
+async fn id_for(
+    connection: &mut PgConnection,
+    tenant: &TenantId,
+    kind: RefKind,
     format: SourceFormat,
     key: &SourceKey,
-    select_sql: &'static str,
-    insert_sql: &'static str,
+    name: Option<&str>,
 ) -> Result<Uuid, DbError> {
-    let lookup = || {
-        sqlx::query_scalar::<_, Uuid>(select_sql)
-            .bind(tenant.as_str())
-            .bind(&key.system)
-            .bind(&key.id)
+    let seed = RefSeed {
+        format,
+        name: name.unwrap_or_default().to_owned(),
     };
-    if let Some(id) = lookup().fetch_optional(&mut *connection).await? {
-        return Ok(id);
-    }
-    let inserted: Option<Uuid> = sqlx::query_scalar(insert_sql)
-        .bind(tenant.as_str())
-        .bind(format as i16)
-        .bind(&key.system)
-        .bind(&key.id)
-        .fetch_optional(&mut *connection)
-        .await?;
-    match inserted {
-        Some(id) => Ok(id),
-        // Another transaction created it meanwhile; it is visible once that one committed.
-        None => Ok(lookup().fetch_one(&mut *connection).await?),
-    }
+    let keys = RefKeys::from([((key.system.clone(), key.id.clone()), seed)]);
+    let ids = ids_for(connection, tenant, kind, &keys).await?;
+    ids.into_values().next().ok_or(DbError::NotFound)
 }
 
 /// The id of a task known by its source key, creating a minimal task if needed.
@@ -96,16 +277,7 @@ pub async fn task_id_for(
     format: SourceFormat,
     key: &SourceKey,
 ) -> Result<Uuid, DbError> {
-    find_or_create(
-        connection,
-        tenant,
-        format,
-        key,
-        "SELECT id FROM tasks WHERE tenant_id = $1 AND source_system = $2 AND source_task_id = $3",
-        "INSERT INTO tasks (tenant_id, source_format, source_system, source_task_id)
-         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING id",
-    )
-    .await
+    id_for(connection, tenant, RefKind::Task, format, key, None).await
 }
 
 /// Creates or updates a task from its full description.
@@ -163,17 +335,7 @@ async fn tag_group_id_for(
     format: SourceFormat,
     key: &SourceKey,
 ) -> Result<Uuid, DbError> {
-    find_or_create(
-        connection,
-        tenant,
-        format,
-        key,
-        "SELECT id FROM tag_groups
-         WHERE tenant_id = $1 AND source_system = $2 AND source_tag_group_id = $3",
-        "INSERT INTO tag_groups (tenant_id, source_format, source_system, source_tag_group_id)
-         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING id",
-    )
-    .await
+    id_for(connection, tenant, RefKind::TagGroup, format, key, None).await
 }
 
 /// Creates or updates a tag group.
@@ -223,26 +385,15 @@ pub async fn tag_id_for(
         system: system.to_owned(),
         id: reference.source_tag_id.clone(),
     };
-    let id = find_or_create(
+    id_for(
         connection,
         tenant,
+        RefKind::Tag,
         format,
         &key,
-        "SELECT id FROM tags WHERE tenant_id = $1 AND source_system = $2 AND source_tag_id = $3",
-        "INSERT INTO tags (tenant_id, source_format, source_system, source_tag_id)
-         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING id",
+        reference.name.as_deref(),
     )
-    .await?;
-    if let Some(name) = &reference.name {
-        // A tag first seen without a name gets the one a later reference carries.
-        sqlx::query("UPDATE tags SET name = $3 WHERE tenant_id = $1 AND id = $2 AND name = ''")
-            .bind(tenant.as_str())
-            .bind(id)
-            .bind(name)
-            .execute(connection)
-            .await?;
-    }
-    Ok(id)
+    .await
 }
 
 /// Creates or updates a tag and its group memberships.
@@ -330,16 +481,7 @@ pub async fn level_id_for(
         system: system.to_owned(),
         id: reference.source_level_id.clone(),
     };
-    find_or_create(
-        connection,
-        tenant,
-        format,
-        &key,
-        "SELECT id FROM levels WHERE tenant_id = $1 AND source_system = $2 AND source_level_id = $3",
-        "INSERT INTO levels (tenant_id, source_format, source_system, source_level_id)
-         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING id",
-    )
-    .await
+    id_for(connection, tenant, RefKind::Level, format, &key, None).await
 }
 
 /// Creates or updates a level.

@@ -3,6 +3,7 @@
 
 pub mod calls;
 pub mod catalog;
+pub mod live;
 pub mod numbers;
 pub mod quality;
 pub mod server;

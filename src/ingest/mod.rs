@@ -1,6 +1,7 @@
 //! Ingest: turning native records and vendor payloads into domain types, and storing them.
 
 pub mod formats;
+pub mod group_commit;
 pub mod payload;
 pub mod writer;
 
@@ -19,4 +20,16 @@ pub struct Batch {
     pub tag_groups: Vec<TagGroup>,
     pub levels: Vec<Level>,
     pub quality: Vec<ImportedQuality>,
+}
+
+impl Batch {
+    /// Whether the batch carries calls and nothing else.
+    pub fn has_only_calls(&self) -> bool {
+        self.tasks.is_empty()
+            && self.numbers.is_empty()
+            && self.tags.is_empty()
+            && self.tag_groups.is_empty()
+            && self.levels.is_empty()
+            && self.quality.is_empty()
+    }
 }

@@ -3,13 +3,12 @@
 
 use std::str::FromStr as _;
 
-use sqlx::PgPool;
-
 use crate::domain::{SourceKey, TenantId};
 use crate::error::{ApiError, FieldViolation};
 use crate::ingest::Batch;
 use crate::ingest::formats::{DEFAULT_TIME_ZONE, ParseContext, default_source_system, parser_for};
-use crate::ingest::writer::{self, BatchResults};
+use crate::ingest::group_commit::GroupCommitter;
+use crate::ingest::writer::BatchResults;
 use crate::proto::PayloadFormat;
 
 /// How to read a payload, beyond its bytes.
@@ -33,15 +32,20 @@ pub struct IngestedPayload {
 impl IngestedPayload {
     /// Whether every item of the payload is stored (a vendor may stop retrying).
     pub fn all_stored(&self) -> bool {
-        self.results.calls.iter().all(Result::is_ok)
-            && self.results.numbers.iter().all(Result::is_ok)
-            && self.results.quality.iter().all(Result::is_ok)
+        let results = &self.results;
+        results.calls.iter().all(Result::is_ok)
+            && results.tasks.iter().all(Result::is_ok)
+            && results.tag_groups.iter().all(Result::is_ok)
+            && results.tags.iter().all(Result::is_ok)
+            && results.levels.iter().all(Result::is_ok)
+            && results.numbers.iter().all(Result::is_ok)
+            && results.quality.iter().all(Result::is_ok)
     }
 }
 
 /// Parses a payload and stores it in one transaction. Returns once it is committed.
 pub async fn ingest_payload(
-    pool: &PgPool,
+    store: &GroupCommitter,
     tenant: &TenantId,
     format: PayloadFormat,
     payload: &[u8],
@@ -52,7 +56,7 @@ pub async fn ingest_payload(
     let context = parse_context(format, options)?;
     let batch = parser(payload, &context)
         .map_err(|error| ApiError::invalid_field("payload", error.to_string()))?;
-    let results = writer::store_batch(pool, tenant, &batch).await?;
+    let results = store.store_batch(tenant, &batch).await?;
     Ok(IngestedPayload { batch, results })
 }
 

@@ -2,19 +2,26 @@
 //! acknowledgement always means "committed". Each call is written under its own savepoint: a
 //! call that fails rolls back alone and the others still commit.
 
+use std::collections::HashMap;
+
 use sqlx::{PgConnection, PgPool};
 
-use crate::db::calls::{CallRefs, StoreOutcome, StoredCall, store_call};
+use crate::db::calls::{StoreOutcome, StoredCall};
 use crate::db::quality::StoredQuality;
-use crate::db::{DbError, catalog, numbers, quality};
-use crate::domain::TenantId;
+use crate::db::{DbError, calls, catalog, numbers, quality};
 use crate::domain::call::Call;
+use crate::domain::{SourceKey, TenantId};
 use crate::ingest::Batch;
 
 /// What storing a batch did, item by item, in batch order.
 #[derive(Debug, Default)]
 pub struct BatchResults {
     pub calls: Vec<Result<StoredCall, DbError>>,
+    /// Catalog rows: each row's id and what happened.
+    pub tasks: Vec<Result<(uuid::Uuid, StoreOutcome), DbError>>,
+    pub tag_groups: Vec<Result<(uuid::Uuid, StoreOutcome), DbError>>,
+    pub tags: Vec<Result<(uuid::Uuid, StoreOutcome), DbError>>,
+    pub levels: Vec<Result<(uuid::Uuid, StoreOutcome), DbError>>,
     /// Numbers: the number's id and what happened.
     pub numbers: Vec<Result<(uuid::Uuid, StoreOutcome), DbError>>,
     pub quality: Vec<Result<StoredQuality, DbError>>,
@@ -24,20 +31,71 @@ pub struct BatchResults {
 const ATTEMPTS: usize = 3;
 
 /// Writes a batch; returns one result per item. The outer error means nothing was committed.
+///
+/// The calls are first written together, a few statements for the whole batch. Should one of
+/// them fail, the transaction is rolled back and the batch written again call by call, each
+/// under its own savepoint, so the failing call is rejected alone and the others still commit.
 pub async fn store_batch(
     pool: &PgPool,
     tenant: &TenantId,
     batch: &Batch,
 ) -> Result<BatchResults, DbError> {
     let mut attempt = 1;
+    let mut mode = Mode::Together;
     loop {
-        match try_store_batch(pool, tenant, batch).await {
-            Err(DbError::Aborted(error)) if attempt < ATTEMPTS => {
+        match try_store_batch(pool, tenant, batch, mode).await {
+            Ok(results) => return Ok(results),
+            Err(BatchError::Calls(error)) if mode == Mode::Together => {
+                tracing::debug!(error = %error, "a call of the batch failed; storing them one by one");
+                mode = Mode::OneByOne;
+            }
+            Err(BatchError::Other(DbError::Aborted(error))) if attempt < ATTEMPTS => {
                 tracing::info!(error = %error, attempt, "batch aborted by a concurrent one; retrying");
                 attempt += 1;
             }
-            other => return other,
+            Err(BatchError::Calls(error) | BatchError::Other(error)) => return Err(error),
         }
+    }
+}
+
+/// How the calls of a batch are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// All calls in a few statements; any failure fails the batch.
+    Together,
+    /// Each call under its own savepoint; a failure rejects that call only.
+    OneByOne,
+}
+
+/// Why a batch was not committed.
+enum BatchError {
+    /// Writing the calls together failed for a reason one call may carry alone (bad data, a
+    /// constraint); writing them one by one isolates it.
+    Calls(DbError),
+    /// Anything else: the database, a lost race, or an item that fails the batch.
+    Other(DbError),
+}
+
+impl BatchError {
+    fn of_calls(error: DbError) -> Self {
+        match error {
+            DbError::Aborted(_) | DbError::Unavailable(_) | DbError::Cancelled(_) => {
+                Self::Other(error)
+            }
+            other => Self::Calls(other),
+        }
+    }
+}
+
+impl From<DbError> for BatchError {
+    fn from(error: DbError) -> Self {
+        Self::Other(error)
+    }
+}
+
+impl From<sqlx::Error> for BatchError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Other(error.into())
     }
 }
 
@@ -45,27 +103,59 @@ async fn try_store_batch(
     pool: &PgPool,
     tenant: &TenantId,
     batch: &Batch,
-) -> Result<BatchResults, DbError> {
+    mode: Mode,
+) -> Result<BatchResults, BatchError> {
     let mut transaction = pool.begin().await?;
     catalog::ensure_tenant(&mut transaction, tenant).await?;
+    // Catalog rows first: the calls refer to them.
+    let mut results = BatchResults::default();
     for group in &batch.tag_groups {
-        catalog::upsert_tag_group(&mut transaction, tenant, group).await?;
+        let mut savepoint = sqlx::Connection::begin(&mut *transaction).await?;
+        let outcome = catalog::upsert_tag_group(&mut savepoint, tenant, group).await;
+        results.tag_groups.push(settle(savepoint, outcome).await?);
     }
     for tag in &batch.tags {
-        catalog::upsert_tag(&mut transaction, tenant, tag).await?;
+        let mut savepoint = sqlx::Connection::begin(&mut *transaction).await?;
+        let outcome = catalog::upsert_tag(&mut savepoint, tenant, tag).await;
+        results.tags.push(settle(savepoint, outcome).await?);
     }
     for level in &batch.levels {
-        catalog::upsert_level(&mut transaction, tenant, level).await?;
+        let mut savepoint = sqlx::Connection::begin(&mut *transaction).await?;
+        let outcome = catalog::upsert_level(&mut savepoint, tenant, level).await;
+        results.levels.push(settle(savepoint, outcome).await?);
     }
     for task in &batch.tasks {
-        catalog::upsert_task(&mut transaction, tenant, task).await?;
+        let mut savepoint = sqlx::Connection::begin(&mut *transaction).await?;
+        let outcome = catalog::upsert_task(&mut savepoint, tenant, task).await;
+        results.tasks.push(settle(savepoint, outcome).await?);
     }
 
-    let mut results = BatchResults::default();
-    for call in &batch.calls {
-        let mut savepoint = sqlx::Connection::begin(&mut *transaction).await?;
-        let outcome = store_one(&mut savepoint, tenant, call).await;
-        results.calls.push(settle(savepoint, outcome).await?);
+    match mode {
+        Mode::Together => {
+            let mut stored: Vec<Option<StoredCall>> = vec![None; batch.calls.len()];
+            for round in rounds(&batch.calls) {
+                let calls: Vec<&Call> = round.iter().map(|&index| &batch.calls[index]).collect();
+                let written = calls::store_calls(&mut transaction, tenant, &calls)
+                    .await
+                    .map_err(BatchError::of_calls)?;
+                for (index, call) in round.into_iter().zip(written) {
+                    stored[index] = Some(call);
+                }
+            }
+            results.calls = stored
+                .into_iter()
+                .map(|call| call.ok_or(DbError::NotFound))
+                .collect();
+        }
+        Mode::OneByOne => {
+            for call in &batch.calls {
+                let mut savepoint = sqlx::Connection::begin(&mut *transaction).await?;
+                let outcome = calls::store_calls(&mut savepoint, tenant, &[call])
+                    .await
+                    .and_then(|mut stored| stored.pop().ok_or(DbError::NotFound));
+                results.calls.push(settle(savepoint, outcome).await?);
+            }
+        }
     }
     for number in &batch.numbers {
         let mut savepoint = sqlx::Connection::begin(&mut *transaction).await?;
@@ -79,6 +169,22 @@ async fn try_store_batch(
     }
     transaction.commit().await?;
     Ok(results)
+}
+
+/// Splits calls into rounds in which each key appears once (an upsert cannot touch a row
+/// twice): the first delivery of every key, then the second, and so on. Indexes into `calls`.
+fn rounds(calls: &[Call]) -> Vec<Vec<usize>> {
+    let mut seen: HashMap<&SourceKey, usize> = HashMap::with_capacity(calls.len());
+    let mut rounds: Vec<Vec<usize>> = Vec::new();
+    for (index, call) in calls.iter().enumerate() {
+        let occurrence = seen.entry(&call.key).or_insert(0);
+        if rounds.len() <= *occurrence {
+            rounds.push(Vec::new());
+        }
+        rounds[*occurrence].push(index);
+        *occurrence += 1;
+    }
+    rounds
 }
 
 /// Keeps an item's writes (release the savepoint) or undoes them alone (roll back to it). An
@@ -98,59 +204,6 @@ async fn settle<T>(
             Ok(Err(error))
         }
     }
-}
-
-async fn store_one(
-    connection: &mut PgConnection,
-    tenant: &TenantId,
-    call: &Call,
-) -> Result<StoredCall, DbError> {
-    let refs = resolve_refs(connection, tenant, call).await?;
-    store_call(connection, tenant, call, &refs).await
-}
-
-/// Turns the call's source references into server ids, creating what is missing.
-async fn resolve_refs(
-    connection: &mut PgConnection,
-    tenant: &TenantId,
-    call: &Call,
-) -> Result<CallRefs, DbError> {
-    let system = call.key.system.as_str();
-    let format = call.source_format;
-    let task_id = match &call.source_task_id {
-        Some(source_task_id) => {
-            let key = crate::domain::SourceKey {
-                system: system.to_owned(),
-                id: source_task_id.clone(),
-            };
-            Some(catalog::task_id_for(connection, tenant, format, &key).await?)
-        }
-        None => None,
-    };
-    let level_id = match &call.level {
-        Some(level) => {
-            Some(catalog::level_id_for(connection, tenant, format, system, level).await?)
-        }
-        None => None,
-    };
-    let mut tag_ids = Vec::with_capacity(call.tags.len());
-    for tag in &call.tags {
-        tag_ids.push(catalog::tag_id_for(connection, tenant, format, system, tag).await?);
-    }
-    let mut turn_tag_ids = Vec::with_capacity(call.turns.len());
-    for turn in &call.turns {
-        let mut ids = Vec::with_capacity(turn.tags.len());
-        for tag in &turn.tags {
-            ids.push(catalog::tag_id_for(connection, tenant, format, system, tag).await?);
-        }
-        turn_tag_ids.push(ids);
-    }
-    Ok(CallRefs {
-        task_id,
-        level_id,
-        tag_ids,
-        turn_tag_ids,
-    })
 }
 
 /// A catalog item of an `Upsert*` request.

@@ -334,7 +334,7 @@ async fn a_changed_redelivery_is_version_two_with_a_second_event() {
     assert_eq!(count(&pool, "SELECT count(*) FROM turns").await, 17);
 }
 
-fn native_call(source_call_id: &str, callee: &str) -> CallRecord {
+pub(crate) fn native_call(source_call_id: &str, callee: &str) -> CallRecord {
     CallRecord {
         source_call_id: source_call_id.to_owned(),
         callee: callee.to_owned(),

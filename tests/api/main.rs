@@ -4,9 +4,11 @@
 
 mod helpers;
 
+mod batching;
 mod embedded_database;
 mod health;
 mod ingest;
+mod live_calls;
 mod migrations;
 mod reflection;
 mod shutdown;

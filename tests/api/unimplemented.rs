@@ -1,10 +1,11 @@
 use tonic::Code;
 
-use callstore::proto::ingest_service_client::IngestServiceClient;
 use callstore::proto::quality_service_client::QualityServiceClient;
 use callstore::proto::query_service_client::QueryServiceClient;
 use callstore::proto::watch_service_client::WatchServiceClient;
-use callstore::proto::{GetQualityRequest, ListCallsRequest, OpenCallRequest, WatchCallsRequest};
+use callstore::proto::{
+    GetQualityRequest, GetTaskStatsRequest, ListCallsRequest, WatchCallsRequest,
+};
 
 use crate::helpers::spawn_app;
 
@@ -13,8 +14,8 @@ async fn rpcs_not_implemented_yet_answer_unimplemented() {
     let app = spawn_app().await;
     let channel = app.channel().await;
 
-    let ingest = IngestServiceClient::new(channel.clone())
-        .open_call(OpenCallRequest::default())
+    let stats = QueryServiceClient::new(channel.clone())
+        .get_task_stats(GetTaskStatsRequest::default())
         .await
         .expect_err("not implemented yet");
     let query = QueryServiceClient::new(channel.clone())
@@ -30,7 +31,7 @@ async fn rpcs_not_implemented_yet_answer_unimplemented() {
         .await
         .expect_err("not implemented yet");
 
-    for status in [ingest, query, watch, quality] {
+    for status in [stats, query, watch, quality] {
         assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
         assert!(
             status
