@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
+use crate::client::ingest::IngestArgs;
 use crate::config::{Config, DEFAULT_DATA_DIR, DEFAULT_LOCAL_DATABASE_URL};
 use crate::db::server::DatabaseSettings;
 use crate::telemetry::LogFormat;
@@ -45,6 +46,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Apply pending database migrations, then exit.
     Migrate(DatabaseArgs),
+    /// Load files of call records (native JSON lines or vendor payloads) into a running server.
+    Ingest(IngestArgs),
 }
 
 /// Where the database is.
@@ -104,6 +107,13 @@ pub struct ServeArgs {
     /// HTTP/2 keepalive ping timeout.
     #[arg(long, env = "CALLSTORE_HTTP2_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub http2_keepalive_timeout: Duration,
+    /// Group commits in flight at once: concurrent small ingest requests share these
+    /// transactions (each holds one pool connection while it writes).
+    #[arg(long, env = "CALLSTORE_GROUP_COMMIT_WRITERS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub group_commit_writers: u16,
+    /// Most calls in one group commit.
+    #[arg(long, env = "CALLSTORE_GROUP_COMMIT_MAX_CALLS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub group_commit_max_calls: u32,
 }
 
 impl ServeArgs {
@@ -118,6 +128,8 @@ impl ServeArgs {
         config.http2_keepalive_interval = self.http2_keepalive_interval;
         config.http2_keepalive_timeout = self.http2_keepalive_timeout;
         config.webhook_listen_addr = self.webhook_listen;
+        config.group_commit.writers = usize::from(self.group_commit_writers);
+        config.group_commit.max_group = self.group_commit_max_calls as usize;
         config
     }
 }

@@ -5,7 +5,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use callstore::cli::{Cli, Command};
 use callstore::startup::Application;
-use callstore::{db, telemetry};
+use callstore::{client, db, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -15,7 +15,7 @@ async fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     match run(cli.command).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "callstore failed");
             ExitCode::FAILURE
@@ -23,7 +23,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve(args) => {
             // Handlers go in before anything else, so a signal during start-up is not fatal:
@@ -41,7 +41,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                         std::process::exit(130);
                     });
                 })
-                .await
+                .await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Migrate(args) => {
             let mut database = db::server::resolve(&args.settings()).await?;
@@ -49,8 +50,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             if let Some(private_server) = database.private_server.as_mut() {
                 private_server.stop().await?;
             }
-            result
+            result.map(|()| ExitCode::SUCCESS)
         }
+        // A client command: result lines on stdout, its errors and summary on stderr; the exit
+        // status says whether every record was stored.
+        Command::Ingest(args) => Ok(client::ingest::run(args).await),
     }
 }
 

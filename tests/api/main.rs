@@ -5,6 +5,7 @@
 mod helpers;
 
 mod batching;
+mod cli_ingest;
 mod embedded_database;
 mod health;
 mod ingest;
