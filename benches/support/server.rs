@@ -206,6 +206,9 @@ impl ServerProcess {
             std::env::temp_dir().join(format!("callstore_bench_{}_{port}.log", std::process::id()));
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("creating {}", log_path.display()))?;
+        // CALLSTORE_BENCH_SERVER_LOG widens the server's log filter (e.g. to see group commits);
+        // any line logged keeps the log file after the run.
+        let filter = std::env::var("CALLSTORE_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into());
         let child = Command::new(binary)
             .args([
                 "serve",
@@ -214,7 +217,7 @@ impl ServerProcess {
                 "--log-format",
                 "json",
                 "--log",
-                "warn",
+                &filter,
             ])
             .env("DATABASE_URL", database_url)
             .stdin(Stdio::null())

@@ -205,7 +205,6 @@ static CALL_COLUMNS: LazyLock<Vec<String>> = LazyLock::new(|| {
 
 /// Upserts a set of calls (distinct keys) and writes a feed event for each one that changed,
 /// in one statement. Rows whose content hash is unchanged are left alone and not returned.
-/// `previous` is read from the statement's snapshot, so it is the state before the upsert.
 static UPSERT_SQL: LazyLock<String> = LazyLock::new(|| {
     let columns = CALL_COLUMNS.join(", ");
     let updates: Vec<String> = CALL_COLUMNS
@@ -217,31 +216,28 @@ static UPSERT_SQL: LazyLock<String> = LazyLock::new(|| {
         "WITH input AS (
              SELECT * FROM json_populate_recordset(NULL::calls, $2::json)
          ),
-         previous AS (
-             SELECT c.source_system, c.source_call_id, c.state
-             FROM calls c
-             JOIN input i ON c.source_system = i.source_system AND c.source_call_id = i.source_call_id
-             WHERE c.tenant_id = $1
-         ),
          upserted AS (
              INSERT INTO calls AS c (tenant_id, {columns})
              SELECT $1, {columns} FROM input
              ON CONFLICT (tenant_id, source_system, source_call_id) DO UPDATE
              SET {updates}, version = c.version + 1, update_time = now()
              WHERE c.content_hash IS DISTINCT FROM EXCLUDED.content_hash
-             RETURNING c.id, c.source_system, c.source_call_id, c.version, c.task_id, c.state,
-                       (c.xmax = 0) AS inserted
+             RETURNING c.id, c.version, c.task_id, c.state, (c.xmax = 0) AS inserted,
+                       c.source_system, c.source_call_id,
+                       -- The statement's snapshot: the state before this upsert.
+                       (SELECT p.state FROM calls p
+                        WHERE p.tenant_id = $1 AND p.source_system = c.source_system
+                          AND p.source_call_id = c.source_call_id) AS previous_state
          ),
          events AS (
              INSERT INTO feed_events (tenant_id, kind, call_id, call_version, task_id)
              SELECT $1,
                     CASE WHEN u.inserted THEN $3::smallint
-                         WHEN p.state = $6::smallint AND u.state = $7::smallint THEN $5::smallint
+                         WHEN u.previous_state = $6::smallint AND u.state = $7::smallint
+                         THEN $5::smallint
                          ELSE $4::smallint END,
                     u.id, u.version, u.task_id
              FROM upserted u
-             LEFT JOIN previous p
-               ON p.source_system = u.source_system AND p.source_call_id = u.source_call_id
          )
          SELECT id, source_system, source_call_id, version, inserted FROM upserted",
         updates = updates.join(", "),
@@ -301,18 +297,19 @@ pub async fn store_calls(
         );
     }
 
-    // The dialogue and tags of changed calls are replaced whole; turn tags go with their turns.
+    // The dialogue and tags of changed calls are replaced whole.
     if !updated_ids.is_empty() {
-        sqlx::query("DELETE FROM turns WHERE tenant_id = $1 AND call_id = ANY($2)")
-            .bind(tenant.as_str())
-            .bind(&updated_ids)
-            .execute(&mut *connection)
-            .await?;
-        sqlx::query("DELETE FROM call_tags WHERE tenant_id = $1 AND call_id = ANY($2)")
-            .bind(tenant.as_str())
-            .bind(&updated_ids)
-            .execute(&mut *connection)
-            .await?;
+        for statement in [
+            "DELETE FROM turn_tags WHERE tenant_id = $1 AND call_id = ANY($2)",
+            "DELETE FROM turns WHERE tenant_id = $1 AND call_id = ANY($2)",
+            "DELETE FROM call_tags WHERE tenant_id = $1 AND call_id = ANY($2)",
+        ] {
+            sqlx::query(statement)
+                .bind(tenant.as_str())
+                .bind(&updated_ids)
+                .execute(&mut *connection)
+                .await?;
+        }
     }
     let mut written = Vec::with_capacity(stored.len());
     for (call, refs) in calls.iter().zip(&refs) {
@@ -335,10 +332,13 @@ pub async fn store_calls(
             .map(|call| (call.key.system.as_str(), call.key.id.as_str()))
             .unzip();
         let unchanged: Vec<KeyedRow> = sqlx::query_as(
-            "SELECT c.id, c.source_system, c.source_call_id, c.version FROM calls c
-             JOIN unnest($2::text[], $3::text[]) AS k (system, id)
-               ON c.source_system = k.system AND c.source_call_id = k.id
-             WHERE c.tenant_id = $1",
+            "SELECT c.id, k.system, k.id, c.version
+             FROM unnest($2::text[], $3::text[]) AS k (system, id)
+             CROSS JOIN LATERAL (
+                 SELECT id, version FROM calls
+                 WHERE tenant_id = $1 AND source_system = k.system AND source_call_id = k.id
+                 LIMIT 1
+             ) c",
         )
         .bind(tenant.as_str())
         .bind(systems)
@@ -474,27 +474,34 @@ pub(crate) async fn insert_turns(
     insert_contents(connection, tenant, std::slice::from_ref(&content)).await
 }
 
-/// Writes the turns of all the calls with one `COPY` (turns are most of the rows ingest
-/// writes), then their turn tags and call tags with one statement each.
+/// Writes the turns of all the calls with one statement (turns are most of the rows ingest
+/// writes): `COPY` for many, an `INSERT` for a few (see [`COPY_MIN_TURNS`]); then their turn
+/// tags and call tags with one statement each.
 async fn insert_contents(
     connection: &mut PgConnection,
     tenant: &TenantId,
     contents: &[CallContent<'_>],
 ) -> Result<(), DbError> {
-    if contents.iter().any(|content| !content.turns.is_empty()) {
-        let mut rows = CopyText::default();
-        for content in contents {
-            for turn in content.turns {
-                write_turn(&mut rows, tenant, content.call_id, turn);
-            }
-        }
-        let mut copy = connection.copy_in_raw(COPY_TURNS_SQL).await?;
-        if let Err(error) = copy.send(rows.into_bytes()).await {
-            // Leaves the connection usable; the error is what the caller needs.
-            let _ = copy.abort("sending the rows failed").await;
-            return Err(error.into());
-        }
-        copy.finish().await?;
+    let turns: usize = contents.iter().map(|content| content.turns.len()).sum();
+    if turns >= COPY_MIN_TURNS {
+        copy_turns(connection, tenant, contents).await?;
+    } else if turns > 0 {
+        let rows: Vec<TurnRow<'_>> = contents
+            .iter()
+            .flat_map(|content| {
+                content
+                    .turns
+                    .iter()
+                    .map(|turn| TurnRow::new(content.call_id, turn))
+            })
+            .collect();
+        let rows = serde_json::to_string(&rows)
+            .map_err(|error| DbError::InvalidData(sqlx::Error::Encode(Box::new(error))))?;
+        sqlx::query(INSERT_TURNS_SQL.as_str())
+            .bind(tenant.as_str())
+            .bind(rows)
+            .execute(&mut *connection)
+            .await?;
     }
 
     let mut link_calls = Vec::new();
@@ -547,6 +554,120 @@ async fn insert_contents(
     }
     Ok(())
 }
+
+/// Turns written with `COPY` rather than an `INSERT`. `COPY` is the cheaper for the database
+/// by far, but `COPY … FROM STDIN` sends its data and its end in two writes, and on a TCP
+/// connection without `TCP_NODELAY` (sqlx sets none) the second waits for the server's delayed
+/// acknowledgement: 40 ms a transaction, which a big batch amortises and a small group commit
+/// cannot.
+const COPY_MIN_TURNS: usize = 1000;
+
+/// Writes turns with one `COPY`.
+async fn copy_turns(
+    connection: &mut PgConnection,
+    tenant: &TenantId,
+    contents: &[CallContent<'_>],
+) -> Result<(), DbError> {
+    let mut rows = CopyText::default();
+    for content in contents {
+        for turn in content.turns {
+            write_turn(&mut rows, tenant, content.call_id, turn);
+        }
+    }
+    let mut copy = connection.copy_in_raw(COPY_TURNS_SQL).await?;
+    if let Err(error) = copy.send(rows.into_bytes()).await {
+        // Leaves the connection usable; the error is what the caller needs.
+        let _ = copy.abort("sending the rows failed").await;
+        return Err(error.into());
+    }
+    copy.finish().await?;
+    Ok(())
+}
+
+/// One row of `turns` as the insert reads it (`json_populate_recordset(NULL::turns, …)`); the
+/// field names are the column names, and the statement's column list is derived from them.
+#[derive(Serialize)]
+struct TurnRow<'turn> {
+    call_id: Uuid,
+    sequence: i32,
+    speaker: i16,
+    text: &'turn str,
+    time: Option<DateTime<Utc>>,
+    start_offset_ms: Option<i64>,
+    end_offset_ms: Option<i64>,
+    speak_ms: Option<i64>,
+    play_ms: Option<i64>,
+    node_id: Option<&'turn str>,
+    node_name: Option<&'turn str>,
+    node_class: Option<&'turn str>,
+    node_type: i16,
+    trigger_title: Option<&'turn str>,
+    matched_keyword: Option<&'turn str>,
+    jump_type: i16,
+    match_type: Option<i32>,
+    score_delta: Option<i64>,
+    label: Option<&'turn str>,
+    audio_file: Option<&'turn str>,
+    audio_pieces: Option<&'turn [crate::domain::call::AudioPiece]>,
+    asr_engine: Option<&'turn str>,
+    asr_latency_ms: Option<i64>,
+    record_ms: Option<i64>,
+    volume_gain: Option<f64>,
+    question_index: Option<i32>,
+    after_transfer: bool,
+    source_turn_id: Option<&'turn str>,
+    extra: &'turn crate::domain::call::Extra,
+}
+
+impl<'turn> TurnRow<'turn> {
+    fn new(call_id: Uuid, turn: &'turn Turn) -> Self {
+        Self {
+            call_id,
+            sequence: turn.sequence,
+            speaker: turn.speaker as i16,
+            text: &turn.text,
+            time: turn.time,
+            start_offset_ms: turn.start_offset_ms,
+            end_offset_ms: turn.end_offset_ms,
+            speak_ms: turn.speak_ms,
+            play_ms: turn.play_ms,
+            node_id: turn.node_id.as_deref(),
+            node_name: turn.node_name.as_deref(),
+            node_class: turn.node_class.as_deref(),
+            node_type: turn.node_type as i16,
+            trigger_title: turn.trigger_title.as_deref(),
+            matched_keyword: turn.matched_keyword.as_deref(),
+            jump_type: turn.jump_type as i16,
+            match_type: turn.match_type,
+            score_delta: turn.score_delta,
+            label: turn.label.as_deref(),
+            audio_file: turn.audio_file.as_deref(),
+            audio_pieces: (!turn.audio_pieces.is_empty()).then_some(turn.audio_pieces.as_slice()),
+            asr_engine: turn.asr_engine.as_deref(),
+            asr_latency_ms: turn.asr_latency_ms,
+            record_ms: turn.record_ms,
+            volume_gain: turn.volume_gain,
+            question_index: turn.question_index,
+            after_transfer: turn.after_transfer,
+            source_turn_id: turn.source_turn_id.as_deref(),
+            extra: &turn.extra,
+        }
+    }
+}
+
+/// Inserts the turns given as a JSON array of [`TurnRow`]s.
+static INSERT_TURNS_SQL: LazyLock<String> = LazyLock::new(|| {
+    let sample = Turn::default();
+    let columns: Vec<String> = match serde_json::to_value(TurnRow::new(Uuid::nil(), &sample)) {
+        Ok(Value::Object(fields)) => fields.keys().cloned().collect(),
+        _ => Vec::new(),
+    };
+    let columns = columns.join(", ");
+    format!(
+        "INSERT INTO turns (tenant_id, {columns})
+         SELECT $1, {columns} FROM json_populate_recordset(NULL::turns, $2::json)"
+    )
+});
 
 const COPY_TURNS_SQL: &str = "COPY turns (tenant_id, call_id, sequence, speaker, text, time,
     start_offset_ms, end_offset_ms, speak_ms, play_ms, node_id, node_name, node_class, node_type,

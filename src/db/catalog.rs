@@ -66,32 +66,46 @@ pub enum RefKind {
 }
 
 impl RefKind {
-    /// Looks rows up by `(source_system, source id)` pairs given as two arrays.
+    /// Looks rows up by `(source_system, source id)` pairs given as two arrays: one index
+    /// lookup per pair (the LIMIT keeps the planner from turning it into a join that scans the
+    /// table), whatever the table's size or statistics.
     fn select_sql(self) -> &'static str {
         match self {
             Self::Task => {
-                "SELECT t.id, t.source_system, t.source_task_id, t.name FROM tasks t
-                 JOIN unnest($2::text[], $3::text[]) AS k (system, id)
-                   ON t.source_system = k.system AND t.source_task_id = k.id
-                 WHERE t.tenant_id = $1"
+                "SELECT t.id, k.system, k.id, t.name
+                 FROM unnest($2::text[], $3::text[]) AS k (system, id)
+                 CROSS JOIN LATERAL (
+                     SELECT id, name FROM tasks
+                     WHERE tenant_id = $1 AND source_system = k.system AND source_task_id = k.id
+                     LIMIT 1
+                 ) t"
             }
             Self::TagGroup => {
-                "SELECT t.id, t.source_system, t.source_tag_group_id, t.name FROM tag_groups t
-                 JOIN unnest($2::text[], $3::text[]) AS k (system, id)
-                   ON t.source_system = k.system AND t.source_tag_group_id = k.id
-                 WHERE t.tenant_id = $1"
+                "SELECT t.id, k.system, k.id, t.name
+                 FROM unnest($2::text[], $3::text[]) AS k (system, id)
+                 CROSS JOIN LATERAL (
+                     SELECT id, name FROM tag_groups
+                     WHERE tenant_id = $1 AND source_system = k.system AND source_tag_group_id = k.id
+                     LIMIT 1
+                 ) t"
             }
             Self::Tag => {
-                "SELECT t.id, t.source_system, t.source_tag_id, t.name FROM tags t
-                 JOIN unnest($2::text[], $3::text[]) AS k (system, id)
-                   ON t.source_system = k.system AND t.source_tag_id = k.id
-                 WHERE t.tenant_id = $1"
+                "SELECT t.id, k.system, k.id, t.name
+                 FROM unnest($2::text[], $3::text[]) AS k (system, id)
+                 CROSS JOIN LATERAL (
+                     SELECT id, name FROM tags
+                     WHERE tenant_id = $1 AND source_system = k.system AND source_tag_id = k.id
+                     LIMIT 1
+                 ) t"
             }
             Self::Level => {
-                "SELECT t.id, t.source_system, t.source_level_id, t.name FROM levels t
-                 JOIN unnest($2::text[], $3::text[]) AS k (system, id)
-                   ON t.source_system = k.system AND t.source_level_id = k.id
-                 WHERE t.tenant_id = $1"
+                "SELECT t.id, k.system, k.id, t.name
+                 FROM unnest($2::text[], $3::text[]) AS k (system, id)
+                 CROSS JOIN LATERAL (
+                     SELECT id, name FROM levels
+                     WHERE tenant_id = $1 AND source_system = k.system AND source_level_id = k.id
+                     LIMIT 1
+                 ) t"
             }
         }
     }

@@ -106,11 +106,23 @@ pub struct PoolSettings {
 
 /// A pool that connects on first use, so the server can start (and report NOT_SERVING) while
 /// the database is still unreachable.
+///
+/// Connections plan every execution of a prepared statement anew (`plan_cache_mode =
+/// force_custom_plan`). A cached generic plan is made once, with the statistics of that
+/// moment: made while a fresh table was nearly empty (no ANALYZE yet), a lookup by source key
+/// can come out as a scan of the tenant's rows through another index, and stay so as the table
+/// grows to millions of rows — until autovacuum analyses it, which on a busy new deployment is
+/// minutes of quadratic ingest. A custom plan sees the table's current size; planning the
+/// service's statements costs microseconds.
 pub fn lazy_pool(options: PgConnectOptions, settings: &PoolSettings) -> PgPool {
     PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout)
-        .connect_lazy_with(options.application_name("callstore"))
+        .connect_lazy_with(
+            options
+                .application_name("callstore")
+                .options([("plan_cache_mode", "force_custom_plan")]),
+        )
 }
 
 /// Applies pending migrations under sqlx's advisory lock.

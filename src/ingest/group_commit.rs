@@ -202,8 +202,17 @@ async fn write_group(pool: &PgPool, writer: usize, jobs: Vec<Job>) {
             calls,
             ..Batch::default()
         };
-        tracing::debug!(writer, tenant = %tenant, calls = batch.calls.len(), "group commit");
-        match store_batch(pool, &tenant, &batch).await {
+        let started = std::time::Instant::now();
+        let stored = store_batch(pool, &tenant, &batch).await;
+        tracing::debug!(
+            writer,
+            tenant = %tenant,
+            calls = batch.calls.len(),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            committed = stored.is_ok(),
+            "group commit"
+        );
+        match stored {
             Ok(results) => {
                 for (reply, result) in replies.into_iter().zip(results.calls) {
                     // A requester that went away no longer needs its answer; the call is stored.

@@ -403,3 +403,125 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A turn with every column set, and text that needs escaping in any wire format.
+fn full_turn(sequence: i32) -> Turn {
+    use callstore::proto::{AudioPiece, JumpType, NodeType, ScriptNode};
+    Turn {
+        sequence,
+        speaker: Speaker::Customer as i32,
+        text: format!("第{sequence}句\ttab\nnewline\r\\N back\\slash \"quote\" 😀"),
+        time: Some(prost_types::Timestamp {
+            seconds: 1_744_597_160,
+            nanos: 123_456_000,
+        }),
+        start_offset_ms: Some(1_000),
+        end_offset_ms: Some(2_500),
+        speak_ms: Some(1_500),
+        play_ms: Some(0),
+        node: Some(ScriptNode {
+            id: "node-1".to_owned(),
+            name: "开场白".to_owned(),
+            node_class: "main".to_owned(),
+            r#type: NodeType::MainFlow as i32,
+            trigger_title: "问候".to_owned(),
+        }),
+        matched_keyword: "不需要".to_owned(),
+        jump_type: JumpType::Negative as i32,
+        match_type: Some(2),
+        score_delta: Some(-5),
+        label: "拒绝".to_owned(),
+        audio_file: "a/b.wav".to_owned(),
+        audio_pieces: vec![AudioPiece {
+            file_id: "f1".to_owned(),
+            sort: 1,
+            text: "片段\t1".to_owned(),
+            duration_ms: 800,
+            extra: Some(extra_with("k", "v\\n")),
+        }],
+        asr_engine: "ali".to_owned(),
+        asr_latency_ms: Some(120),
+        record_ms: Some(1_480),
+        volume_gain: Some(0.1),
+        question_index: Some(3),
+        after_transfer: true,
+        source_turn_id: format!("turn-{sequence}"),
+        extra: Some(extra_with("raw", "line1\nline2\t\\")),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn big_and_small_batches_store_identical_turns() {
+    let app = spawn_app().await;
+    let record = |index: usize| {
+        let mut call = native_call(&format!("call-{index}"), "13800000001");
+        call.turns = (1..=12).map(full_turn).collect();
+        call
+    };
+    let mut client = app.ingest_client().await;
+    // One call alone (a small group commit), and 100 calls of 12 turns in one request: both
+    // paths the write takes for turns.
+    let small = client
+        .ingest_calls(as_tenant(
+            "small",
+            IngestCallsRequest {
+                calls: vec![record(0)],
+            },
+        ))
+        .await
+        .expect("ingests")
+        .into_inner();
+    assert_eq!(small.results[0].outcome(), IngestOutcome::Created);
+    let big = client
+        .ingest_calls(as_tenant(
+            "big",
+            IngestCallsRequest {
+                calls: (0..100).map(record).collect(),
+            },
+        ))
+        .await
+        .expect("ingests")
+        .into_inner();
+    assert!(
+        big.results
+            .iter()
+            .all(|result| result.outcome() == IngestOutcome::Created)
+    );
+
+    let pool = app.pool().await;
+    let turns_of = |tenant: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let rows: Vec<serde_json::Value> = sqlx::query_scalar(
+                "SELECT to_jsonb(t) - 'tenant_id' - 'call_id' FROM turns t
+                 JOIN calls c ON c.tenant_id = t.tenant_id AND c.id = t.call_id
+                 WHERE t.tenant_id = $1 AND c.source_call_id = 'call-0' ORDER BY t.sequence",
+            )
+            .bind(tenant)
+            .fetch_all(&pool)
+            .await
+            .expect("reads turns");
+            rows
+        }
+    };
+    let (small_rows, big_rows) = (turns_of("small").await, turns_of("big").await);
+    assert_eq!(small_rows.len(), 12);
+    assert_eq!(small_rows, big_rows, "both paths store the same rows");
+    let first = &small_rows[0];
+    assert_eq!(
+        first["text"],
+        "第1句\ttab\nnewline\r\\N back\\slash \"quote\" 😀"
+    );
+    assert_eq!(first["volume_gain"], 0.1);
+    assert_eq!(first["extra"]["raw"], "line1\nline2\t\\");
+    assert_eq!(first["audio_pieces"][0]["text"], "片段\t1");
+    assert_eq!(first["node_name"], "开场白");
+    let total = scalar(
+        &pool,
+        "SELECT count(*) FROM turns WHERE tenant_id = $1",
+        "big",
+    )
+    .await;
+    assert_eq!(total, 1200);
+}
