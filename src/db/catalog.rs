@@ -4,6 +4,8 @@
 //! payload do not rewrite rows. References from calls create a minimal row when the referenced
 //! thing has not arrived yet; its full description updates that row later.
 
+use std::sync::LazyLock;
+
 use sha2::{Digest as _, Sha256};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -66,83 +68,61 @@ pub enum RefKind {
 }
 
 impl RefKind {
+    const ALL: [Self; 4] = [Self::Task, Self::TagGroup, Self::Tag, Self::Level];
+
+    /// The table and its source-id column.
+    fn table(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Task => ("tasks", "source_task_id"),
+            Self::TagGroup => ("tag_groups", "source_tag_group_id"),
+            Self::Tag => ("tags", "source_tag_id"),
+            Self::Level => ("levels", "source_level_id"),
+        }
+    }
+
     /// Looks rows up by `(source_system, source id)` pairs given as two arrays: one index
     /// lookup per pair (the LIMIT keeps the planner from turning it into a join that scans the
     /// table), whatever the table's size or statistics.
     fn select_sql(self) -> &'static str {
-        match self {
-            Self::Task => {
-                "SELECT t.id, k.system, k.id, t.name
-                 FROM unnest($2::text[], $3::text[]) AS k (system, id)
-                 CROSS JOIN LATERAL (
-                     SELECT id, name FROM tasks
-                     WHERE tenant_id = $1 AND source_system = k.system AND source_task_id = k.id
-                     LIMIT 1
-                 ) t"
-            }
-            Self::TagGroup => {
-                "SELECT t.id, k.system, k.id, t.name
-                 FROM unnest($2::text[], $3::text[]) AS k (system, id)
-                 CROSS JOIN LATERAL (
-                     SELECT id, name FROM tag_groups
-                     WHERE tenant_id = $1 AND source_system = k.system AND source_tag_group_id = k.id
-                     LIMIT 1
-                 ) t"
-            }
-            Self::Tag => {
-                "SELECT t.id, k.system, k.id, t.name
-                 FROM unnest($2::text[], $3::text[]) AS k (system, id)
-                 CROSS JOIN LATERAL (
-                     SELECT id, name FROM tags
-                     WHERE tenant_id = $1 AND source_system = k.system AND source_tag_id = k.id
-                     LIMIT 1
-                 ) t"
-            }
-            Self::Level => {
-                "SELECT t.id, k.system, k.id, t.name
-                 FROM unnest($2::text[], $3::text[]) AS k (system, id)
-                 CROSS JOIN LATERAL (
-                     SELECT id, name FROM levels
-                     WHERE tenant_id = $1 AND source_system = k.system AND source_level_id = k.id
-                     LIMIT 1
-                 ) t"
-            }
-        }
+        static SQL: LazyLock<Vec<String>> = LazyLock::new(|| {
+            RefKind::ALL
+                .iter()
+                .map(|kind| {
+                    let (table, column) = kind.table();
+                    format!(
+                        "SELECT t.id, k.system, k.id, t.name
+                         FROM unnest($2::text[], $3::text[]) AS k (system, id)
+                         CROSS JOIN LATERAL (
+                             SELECT id, name FROM {table}
+                             WHERE tenant_id = $1 AND source_system = k.system AND {column} = k.id
+                             LIMIT 1
+                         ) t"
+                    )
+                })
+                .collect()
+        });
+        SQL[self as usize].as_str()
     }
 
     /// Creates minimal rows (format, key and name) for keys not stored yet. Keys arrive
     /// sorted, so concurrent batches lock new keys in the same order and cannot deadlock.
     fn insert_sql(self) -> &'static str {
-        match self {
-            Self::Task => {
-                "INSERT INTO tasks (tenant_id, source_format, source_system, source_task_id, name)
-                 SELECT $1, k.format, k.system, k.id, k.name
-                 FROM unnest($2::smallint[], $3::text[], $4::text[], $5::text[])
-                   AS k (format, system, id, name)
-                 ON CONFLICT DO NOTHING RETURNING id, source_system, source_task_id, name"
-            }
-            Self::TagGroup => {
-                "INSERT INTO tag_groups (tenant_id, source_format, source_system, source_tag_group_id, name)
-                 SELECT $1, k.format, k.system, k.id, k.name
-                 FROM unnest($2::smallint[], $3::text[], $4::text[], $5::text[])
-                   AS k (format, system, id, name)
-                 ON CONFLICT DO NOTHING RETURNING id, source_system, source_tag_group_id, name"
-            }
-            Self::Tag => {
-                "INSERT INTO tags (tenant_id, source_format, source_system, source_tag_id, name)
-                 SELECT $1, k.format, k.system, k.id, k.name
-                 FROM unnest($2::smallint[], $3::text[], $4::text[], $5::text[])
-                   AS k (format, system, id, name)
-                 ON CONFLICT DO NOTHING RETURNING id, source_system, source_tag_id, name"
-            }
-            Self::Level => {
-                "INSERT INTO levels (tenant_id, source_format, source_system, source_level_id, name)
-                 SELECT $1, k.format, k.system, k.id, k.name
-                 FROM unnest($2::smallint[], $3::text[], $4::text[], $5::text[])
-                   AS k (format, system, id, name)
-                 ON CONFLICT DO NOTHING RETURNING id, source_system, source_level_id, name"
-            }
-        }
+        static SQL: LazyLock<Vec<String>> = LazyLock::new(|| {
+            RefKind::ALL
+                .iter()
+                .map(|kind| {
+                    let (table, column) = kind.table();
+                    format!(
+                        "INSERT INTO {table} (tenant_id, source_format, source_system, {column}, name)
+                         SELECT $1, k.format, k.system, k.id, k.name
+                         FROM unnest($2::smallint[], $3::text[], $4::text[], $5::text[])
+                           AS k (format, system, id, name)
+                         ON CONFLICT DO NOTHING RETURNING id, source_system, {column}, name"
+                    )
+                })
+                .collect()
+        });
+        SQL[self as usize].as_str()
     }
 
     /// Names a row that was first created without one (only tags are named by references).
@@ -541,4 +521,23 @@ pub async fn upsert_level(
     .rows_affected()
         > 0;
     Ok((id, outcome(previous, changed)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_finds_its_own_statements() {
+        for kind in RefKind::ALL {
+            let (table, column) = kind.table();
+            assert_eq!(RefKind::ALL[kind as usize], kind);
+            assert!(kind.select_sql().contains(&format!("FROM {table}\n")));
+            assert!(kind.select_sql().contains(column));
+            assert!(
+                kind.insert_sql()
+                    .starts_with(&format!("INSERT INTO {table} "))
+            );
+        }
+    }
 }
