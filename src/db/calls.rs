@@ -788,26 +788,3 @@ impl CopyText {
         self.buffer.into_bytes()
     }
 }
-
-/// Appends a committed-change event for the stream, in the caller's transaction.
-pub async fn append_feed_event(
-    connection: &mut PgConnection,
-    tenant: &TenantId,
-    call_id: Uuid,
-    call_version: i64,
-    task_id: Option<Uuid>,
-    kind: CallEventKind,
-) -> Result<(), DbError> {
-    sqlx::query(
-        "INSERT INTO feed_events (tenant_id, kind, call_id, call_version, task_id)
-         VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(tenant.as_str())
-    .bind(kind as i16)
-    .bind(call_id)
-    .bind(call_version)
-    .bind(task_id)
-    .execute(&mut *connection)
-    .await?;
-    Ok(())
-}

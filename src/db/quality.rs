@@ -5,7 +5,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::db::DbError;
-use crate::db::calls::{StoreOutcome, append_feed_event};
+use crate::db::calls::StoreOutcome;
 use crate::domain::TenantId;
 use crate::domain::quality::ImportedQuality;
 use crate::proto::{CallEventKind, QualitySource};
@@ -94,14 +94,18 @@ pub async fn import_quality(
     .bind(sqlx::types::Json(&quality.extra))
     .fetch_one(&mut *connection)
     .await?;
-    append_feed_event(
-        connection,
-        tenant,
-        call_id,
-        call_version,
-        task_id,
-        CallEventKind::QualityAdded,
+    // The stream announces the result with its id, so a consumer can fetch that version.
+    sqlx::query(
+        "INSERT INTO feed_events (tenant_id, kind, call_id, call_version, task_id, quality_id)
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
+    .bind(tenant.as_str())
+    .bind(CallEventKind::QualityAdded as i16)
+    .bind(call_id)
+    .bind(call_version)
+    .bind(task_id)
+    .bind(id)
+    .execute(&mut *connection)
     .await?;
     let outcome = if version == 1 {
         StoreOutcome::Created

@@ -571,6 +571,7 @@ async fn a_huawei_qc_result_attaches_to_its_call_once() {
         .expect("ingests the call");
 
     let mut outcomes = Vec::new();
+    let mut ids = Vec::new();
     for _ in 0..2 {
         let response = client
             .ingest_vendor_payload(as_tenant(
@@ -581,7 +582,9 @@ async fn a_huawei_qc_result_attaches_to_its_call_once() {
             .expect("ingests")
             .into_inner();
         outcomes.push((response.other[0].outcome(), response.other[0].version));
+        ids.push(response.other[0].id.clone());
     }
+    let first_id = ids[0].clone();
     assert_eq!(
         outcomes,
         [(IngestOutcome::Created, 1), (IngestOutcome::Unchanged, 1)]
@@ -601,6 +604,16 @@ async fn a_huawei_qc_result_attaches_to_its_call_once() {
         count(&pool, "SELECT count(*) FROM feed_events WHERE kind = 5").await,
         1,
         "one quality event"
+    );
+    let announced: Option<uuid::Uuid> =
+        sqlx::query_scalar("SELECT quality_id FROM feed_events WHERE kind = 5")
+            .fetch_one(&pool)
+            .await
+            .expect("reads the event");
+    assert_eq!(
+        announced.map(|id| id.to_string()),
+        Some(first_id),
+        "the event names the result it announces"
     );
 }
 
