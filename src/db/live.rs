@@ -15,13 +15,10 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::db::calls::{self, StoreOutcome, StoredCall, insert_turns};
-use crate::db::{DbError, catalog};
+use crate::db::{DbError, MaybeAborted, catalog, retry_aborted};
 use crate::domain::call::{AudioPiece, Call, Extra, TagRef, Turn};
 use crate::domain::{SourceKey, TenantId};
 use crate::proto::{CallEventKind, CallState};
-
-/// How often an append that lost a deadlock or serialization race is tried again.
-const ATTEMPTS: usize = 3;
 
 /// A stored call as opening or completing needs to see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +46,15 @@ pub enum LiveError {
     Db(#[from] DbError),
 }
 
+impl MaybeAborted for LiveError {
+    fn aborted(&self) -> Option<&sqlx::Error> {
+        match self {
+            Self::Db(error) => error.aborted(),
+            _ => None,
+        }
+    }
+}
+
 impl From<sqlx::Error> for LiveError {
     fn from(error: sqlx::Error) -> Self {
         Self::Db(DbError::from(error))
@@ -66,16 +72,7 @@ pub async fn store_live(
     call: &Call,
     stage: Stage,
 ) -> Result<StoredCall, LiveError> {
-    let mut attempt = 1;
-    loop {
-        match try_store_live(pool, tenant, call, stage).await {
-            Err(LiveError::Db(DbError::Aborted(error))) if attempt < ATTEMPTS => {
-                tracing::info!(error = %error, attempt, "store aborted by a concurrent one; retrying");
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
+    retry_aborted("store", || try_store_live(pool, tenant, call, stage)).await
 }
 
 async fn try_store_live(
@@ -177,6 +174,15 @@ pub enum AppendError {
     Db(#[from] DbError),
 }
 
+impl MaybeAborted for AppendError {
+    fn aborted(&self) -> Option<&sqlx::Error> {
+        match self {
+            Self::Db(error) => error.aborted(),
+            _ => None,
+        }
+    }
+}
+
 impl From<sqlx::Error> for AppendError {
     fn from(error: sqlx::Error) -> Self {
         Self::Db(DbError::from(error))
@@ -195,16 +201,10 @@ pub async fn append_turns(
     turns: &[Turn],
     max_turns: usize,
 ) -> Result<Appended, AppendError> {
-    let mut attempt = 1;
-    loop {
-        match try_append_turns(pool, tenant, target, turns, max_turns).await {
-            Err(AppendError::Db(DbError::Aborted(error))) if attempt < ATTEMPTS => {
-                tracing::info!(error = %error, attempt, "append aborted by a concurrent one; retrying");
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
+    retry_aborted("append", || {
+        try_append_turns(pool, tenant, target, turns, max_turns)
+    })
+    .await
 }
 
 #[derive(sqlx::FromRow)]

@@ -51,6 +51,47 @@ pub enum DbError {
     Other(sqlx::Error),
 }
 
+/// How often a transaction that lost a deadlock or serialization race is tried in all.
+pub const ATTEMPTS: usize = 3;
+
+/// An error that may say the transaction lost a race, so that running it again may succeed.
+pub trait MaybeAborted {
+    /// The driver's error when the transaction was aborted by a deadlock or serialization
+    /// failure.
+    fn aborted(&self) -> Option<&sqlx::Error>;
+}
+
+impl MaybeAborted for DbError {
+    fn aborted(&self) -> Option<&sqlx::Error> {
+        match self {
+            Self::Aborted(error) => Some(error),
+            _ => None,
+        }
+    }
+}
+
+/// Runs a transaction, and again while it loses races, up to [`ATTEMPTS`] times in all.
+/// `what` names it in the log.
+pub async fn retry_aborted<T, E, F, Fut>(what: &'static str, mut transaction: F) -> Result<T, E>
+where
+    E: MaybeAborted,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut attempt = 1;
+    loop {
+        match transaction().await {
+            Err(error) if attempt < ATTEMPTS && error.aborted().is_some() => {
+                if let Some(cause) = error.aborted() {
+                    tracing::info!(error = %cause, attempt, what, "transaction aborted by a concurrent one; retrying");
+                }
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 impl From<sqlx::Error> for DbError {
     fn from(error: sqlx::Error) -> Self {
         translate(error)

@@ -8,7 +8,7 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::db::calls::{StoreOutcome, StoredCall};
 use crate::db::quality::StoredQuality;
-use crate::db::{DbError, calls, catalog, numbers, quality};
+use crate::db::{ATTEMPTS, DbError, calls, catalog, numbers, quality, retry_aborted};
 use crate::domain::call::Call;
 use crate::domain::{SourceKey, TenantId};
 use crate::ingest::Batch;
@@ -26,9 +26,6 @@ pub struct BatchResults {
     pub numbers: Vec<Result<(uuid::Uuid, StoreOutcome), DbError>>,
     pub quality: Vec<Result<StoredQuality, DbError>>,
 }
-
-/// How often a batch that lost a deadlock or serialization race is tried again.
-const ATTEMPTS: usize = 3;
 
 /// Writes a batch; returns one result per item. The outer error means nothing was committed.
 ///
@@ -222,16 +219,7 @@ pub async fn store_catalog(
     tenant: &TenantId,
     items: &[CatalogItem],
 ) -> Result<Vec<Result<(uuid::Uuid, StoreOutcome), DbError>>, DbError> {
-    let mut attempt = 1;
-    loop {
-        match try_store_catalog(pool, tenant, items).await {
-            Err(DbError::Aborted(error)) if attempt < ATTEMPTS => {
-                tracing::info!(error = %error, attempt, "upsert aborted by a concurrent one; retrying");
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
+    retry_aborted("upsert", || try_store_catalog(pool, tenant, items)).await
 }
 
 async fn try_store_catalog(
