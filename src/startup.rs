@@ -135,7 +135,7 @@ impl Application {
                 api::ingest::IngestApi::new(pool.clone(), config.ingest.clone(), store.clone()),
             ))
             .add_service(proto::query_service_server::QueryServiceServer::new(
-                api::query::QueryApi,
+                api::query::QueryApi::new(pool.clone()),
             ))
             .add_service(proto::watch_service_server::WatchServiceServer::new(
                 api::watch::WatchApi,
