@@ -13,6 +13,7 @@ use crate::db::DbError;
 use crate::db::catalog::{self, RefIds, RefKeys, RefKind, RefSeed};
 use crate::domain::TenantId;
 use crate::domain::call::{Call, TagRef, Turn};
+use crate::domain::transcript;
 use crate::proto::{CallEventKind, CallState};
 
 /// Server ids of what a call refers to, resolved from its source ids.
@@ -297,19 +298,24 @@ pub async fn store_calls(
         );
     }
 
-    // The dialogue and tags of changed calls are replaced whole.
+    // The dialogue, its transcripts and the tags of changed calls are replaced whole.
     if !updated_ids.is_empty() {
-        for statement in [
-            "DELETE FROM turn_tags WHERE tenant_id = $1 AND call_id = ANY($2)",
-            "DELETE FROM turns WHERE tenant_id = $1 AND call_id = ANY($2)",
-            "DELETE FROM call_tags WHERE tenant_id = $1 AND call_id = ANY($2)",
-        ] {
-            sqlx::query(statement)
-                .bind(tenant.as_str())
-                .bind(&updated_ids)
-                .execute(&mut *connection)
-                .await?;
-        }
+        sqlx::query(
+            "WITH turn_tags AS (
+                 DELETE FROM turn_tags WHERE tenant_id = $1 AND call_id = ANY($2)
+             ),
+             turns AS (
+                 DELETE FROM turns WHERE tenant_id = $1 AND call_id = ANY($2)
+             ),
+             transcripts AS (
+                 DELETE FROM call_transcripts WHERE tenant_id = $1 AND call_id = ANY($2)
+             )
+             DELETE FROM call_tags WHERE tenant_id = $1 AND call_id = ANY($2)",
+        )
+        .bind(tenant.as_str())
+        .bind(&updated_ids)
+        .execute(&mut *connection)
+        .await?;
     }
     let mut written = Vec::with_capacity(stored.len());
     for (call, refs) in calls.iter().zip(&refs) {
@@ -531,6 +537,8 @@ async fn insert_contents(
         .await?;
     }
 
+    insert_transcripts(connection, tenant, contents).await?;
+
     let (tag_calls, tag_ids): (Vec<Uuid>, Vec<Uuid>) = contents
         .iter()
         .flat_map(|content| {
@@ -553,6 +561,54 @@ async fn insert_contents(
         .await?;
     }
     Ok(())
+}
+
+/// Adds what each speaker said in `contents` to the calls' transcripts (the transcript filter's
+/// index, see `domain::transcript`): new rows for new calls, appended lines and merged grams for
+/// turns appended to a call in progress.
+async fn insert_transcripts(
+    connection: &mut PgConnection,
+    tenant: &TenantId,
+    contents: &[CallContent<'_>],
+) -> Result<(), DbError> {
+    let mut rows = Vec::new();
+    for content in contents {
+        for transcript in transcript::transcripts(tenant, content.turns) {
+            rows.push(TranscriptRow {
+                call_id: content.call_id,
+                speaker: transcript.speaker as i16,
+                text: transcript.text,
+                grams: transcript.grams,
+            });
+        }
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let rows = serde_json::to_string(&rows)
+        .map_err(|error| DbError::InvalidData(sqlx::Error::Encode(Box::new(error))))?;
+    sqlx::query(
+        "INSERT INTO call_transcripts AS x (tenant_id, call_id, speaker, text, grams)
+         SELECT $1, r.call_id, r.speaker, r.text, r.grams
+         FROM json_populate_recordset(NULL::call_transcripts, $2::json) r
+         ON CONFLICT (tenant_id, call_id, speaker) DO UPDATE
+         SET text = x.text || E'\\n' || EXCLUDED.text,
+             grams = ARRAY(SELECT DISTINCT g FROM unnest(x.grams || EXCLUDED.grams) g ORDER BY g)",
+    )
+    .bind(tenant.as_str())
+    .bind(rows)
+    .execute(&mut *connection)
+    .await?;
+    Ok(())
+}
+
+/// One row of `call_transcripts` as the insert reads it.
+#[derive(Serialize)]
+struct TranscriptRow {
+    call_id: Uuid,
+    speaker: i16,
+    text: String,
+    grams: Vec<i32>,
 }
 
 /// Turns written with `COPY` rather than an `INSERT`. `COPY` is the cheaper for the database

@@ -5,9 +5,11 @@
 //! the contract's vocabulary, and the database stores their numbers.
 
 pub mod call;
+pub mod call_query;
 pub mod ids;
 pub mod quality;
 pub mod tag;
 pub mod task;
+pub mod transcript;
 
 pub use ids::{SourceKey, TenantId};
