@@ -6,12 +6,13 @@
 
 pub mod convert;
 pub mod convert_catalog;
+pub mod convert_read;
 pub mod ingest;
 mod ingest_live;
 pub mod page;
 pub mod quality;
 pub mod query;
-mod query_calls;
+pub mod query_calls;
 mod query_catalog;
 mod query_detail;
 mod query_stats;

@@ -2,7 +2,10 @@
 //! translated into what the rest of the service can act on.
 
 pub mod calls;
+pub mod calls_list;
+pub mod calls_read;
 pub mod catalog;
+pub mod catalog_read;
 pub mod live;
 pub mod numbers;
 pub mod quality;
