@@ -34,6 +34,9 @@ use tonic::transport::Channel;
 
 use support::cpu::{CpuSnapshot, CpuSplit};
 use support::generator::{BENCH_TENANT, Generator, GeneratorConfig, check_invariants};
+use support::report::{
+    Table, bytes, latency_summary, per_second, rate, seconds, thousands, verdict,
+};
 use support::server::{
     BenchDatabase, DEFAULT_ADMIN_URL, Databases, Memory, ServerProcess, database_marker,
     server_binary, tenant_request,
@@ -1141,42 +1144,6 @@ async fn count_rows(
     Ok(counts)
 }
 
-/// A markdown table: metric, value, target, result.
-struct Table {
-    title: &'static str,
-    rows: Vec<[String; 4]>,
-}
-
-impl Table {
-    fn new(title: &'static str) -> Self {
-        Self {
-            title,
-            rows: Vec::new(),
-        }
-    }
-
-    fn row(
-        &mut self,
-        metric: impl Into<String>,
-        value: impl Into<String>,
-        target: impl Into<String>,
-        result: impl Into<String>,
-    ) {
-        self.rows
-            .push([metric.into(), value.into(), target.into(), result.into()]);
-    }
-
-    fn print(&self) {
-        println!("## {}\n", self.title);
-        println!("| metric | value | target | result |");
-        println!("|---|---|---|---|");
-        for [metric, value, target, result] in &self.rows {
-            println!("| {metric} | {value} | {target} | {result} |");
-        }
-        println!();
-    }
-}
-
 fn memory_rows(table: &mut Table, idle: Memory, peak: Memory, log_lines: usize) {
     table.row("server RSS idle after start", bytes(idle.rss), "", "");
     table.row("server peak RSS (VmHWM)", bytes(peak.peak), "", "");
@@ -1231,69 +1198,4 @@ fn describe_counts<K: std::fmt::Display, V: Copy + TryInto<u64>>(
         })
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// p50 / p99 / max of sorted latencies.
-fn latency_summary(sorted: &[Duration]) -> String {
-    let Some(max) = sorted.last() else {
-        return "-".to_owned();
-    };
-    let percentile = |fraction: f64| {
-        let position = ((sorted.len() as f64 * fraction).ceil() as usize).clamp(1, sorted.len());
-        millis(sorted[position - 1])
-    };
-    format!(
-        "{} / {} / {}",
-        percentile(0.50),
-        percentile(0.99),
-        millis(*max)
-    )
-}
-
-fn verdict(pass: bool) -> &'static str {
-    if pass { "pass" } else { "short" }
-}
-
-fn per_second(count: f64, wall: Duration) -> f64 {
-    let seconds = wall.as_secs_f64();
-    if seconds > 0.0 { count / seconds } else { 0.0 }
-}
-
-fn thousands(value: u64) -> String {
-    let digits = value.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (position, digit) in digits.chars().enumerate() {
-        if position > 0 && (digits.len() - position).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(digit);
-    }
-    out
-}
-
-fn rate(value: f64) -> String {
-    thousands(value.round().max(0.0) as u64)
-}
-
-fn seconds(duration: Duration) -> String {
-    format!("{:.2} s", duration.as_secs_f64())
-}
-
-fn millis(duration: Duration) -> String {
-    format!("{:.1} ms", duration.as_secs_f64() * 1000.0)
-}
-
-fn bytes(value: u64) -> String {
-    const UNITS: &[&str] = &["B", "KiB", "MiB", "GiB"];
-    let mut amount = value as f64;
-    let mut unit = 0;
-    while amount >= 1024.0 && unit + 1 < UNITS.len() {
-        amount /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{value} B")
-    } else {
-        format!("{amount:.1} {}", UNITS[unit])
-    }
 }

@@ -7,4 +7,5 @@
 
 pub mod cpu;
 pub mod generator;
+pub mod report;
 pub mod server;
