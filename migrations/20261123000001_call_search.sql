@@ -10,10 +10,9 @@
 -- all its 2-character grams, and `strpos` on `text` confirms the exact substring.
 --
 -- `grams` holds 32-bit FNV-1a hashes of (tenant id, gram), computed by the service
--- (src/domain/transcript.rs), sorted and distinct. Hashing the tenant into every key keeps each
--- tenant's keys apart inside the one GIN index (a GIN index cannot lead with a tenant column
--- without the btree_gin extension, whose tenant posting list every search would have to read);
--- a hash collision only costs a recheck, never a wrong answer.
+-- (src/domain/transcript.rs), sorted and distinct: salting with the tenant keeps each tenant's
+-- posting lists apart, and a hash collision only costs a recheck, never a wrong answer. The
+-- index leads with tenant_id like every other (btree_gin provides GIN support for text).
 CREATE TABLE call_transcripts (
     tenant_id text     NOT NULL,
     call_id   uuid     NOT NULL,
@@ -23,7 +22,9 @@ CREATE TABLE call_transcripts (
     PRIMARY KEY (tenant_id, call_id, speaker)
 );
 
-CREATE INDEX call_transcripts_grams_idx ON call_transcripts USING gin (grams);
+CREATE EXTENSION IF NOT EXISTS btree_gin;
+
+CREATE INDEX call_transcripts_grams_idx ON call_transcripts USING gin (tenant_id, grams);
 
 -- Keyset orders of ListCalls besides dial time. A call without a score, talk time or rounds
 -- sorts as the lowest value (last in the default descending order); `coalesce` makes the sort key

@@ -45,6 +45,7 @@ async fn migrations_apply_to_an_empty_database_and_are_idempotent() {
         [
             "call_attempts",
             "call_tags",
+            "call_transcripts",
             "calls",
             "feed_events",
             "levels",
