@@ -235,14 +235,15 @@ fn push_filters(sql: &mut QueryBuilder<Postgres>, tenant: &TenantId, query: &Cal
         sql.push(" AND c.city = ").push_bind(city.clone());
     }
     if let Some(transferred) = filter.transferred {
-        let not_transferred = vec![
-            TransferState::Unspecified as i16,
-            TransferState::NotTransferred as i16,
-        ];
-        let operator = if transferred { "<> ALL(" } else { "= ANY(" };
-        sql.push(format!(" AND c.transfer_state {operator}"))
-            .push_bind(not_transferred)
-            .push(")");
+        // Literal, not bound: the partial index `calls_transferred_idx` has this predicate.
+        const _: () = assert!(
+            TransferState::NotAnswered as i32 == 2 && TransferState::Answered as i32 == 3
+        );
+        sql.push(if transferred {
+            " AND c.transfer_state >= 2"
+        } else {
+            " AND c.transfer_state < 2"
+        });
     }
     if let Some(read) = filter.read {
         sql.push(if read {
