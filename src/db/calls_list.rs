@@ -236,9 +236,8 @@ fn push_filters(sql: &mut QueryBuilder<Postgres>, tenant: &TenantId, query: &Cal
     }
     if let Some(transferred) = filter.transferred {
         // Literal, not bound: the partial index `calls_transferred_idx` has this predicate.
-        const _: () = assert!(
-            TransferState::NotAnswered as i32 == 2 && TransferState::Answered as i32 == 3
-        );
+        const _: () =
+            assert!(TransferState::NotAnswered as i32 == 2 && TransferState::Answered as i32 == 3);
         sql.push(if transferred {
             " AND c.transfer_state >= 2"
         } else {
