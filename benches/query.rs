@@ -746,7 +746,11 @@ async fn deep_page(bench: &Bench, calls: u64) -> anyhow::Result<Table> {
     let ratio =
         percentile(deep, 0.99).as_secs_f64() / percentile(first, 0.99).as_secs_f64().max(1e-9);
     table.row(
-        format!("page {} ÷ page 1, p99", thousands(depth / PAGE as u64 + 1)),
+        format!(
+            "page {} ({} calls in) ÷ page 1, p99",
+            thousands(depth / PAGE as u64 + 1),
+            thousands(depth)
+        ),
         format!("{ratio:.2}×"),
         "≤ 1.5×",
         verdict(ratio <= TARGET_DEEP_RATIO),
