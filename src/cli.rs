@@ -114,6 +114,9 @@ pub struct ServeArgs {
     /// Most calls in one group commit.
     #[arg(long, env = "CALLSTORE_GROUP_COMMIT_MAX_CALLS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub group_commit_max_calls: u32,
+    /// How often the task statistics compactor folds pending deltas into the rollups.
+    #[arg(long, env = "CALLSTORE_STATS_COMPACTION_INTERVAL", default_value = "2s", value_parser = parse_positive_duration)]
+    pub stats_compaction_interval: Duration,
 }
 
 impl ServeArgs {
@@ -130,6 +133,7 @@ impl ServeArgs {
         config.webhook_listen_addr = self.webhook_listen;
         config.group_commit.writers = usize::from(self.group_commit_writers);
         config.group_commit.max_group = self.group_commit_max_calls as usize;
+        config.stats.compaction_interval = self.stats_compaction_interval;
         config
     }
 }

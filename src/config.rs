@@ -38,6 +38,8 @@ pub struct Config {
     pub group_commit: GroupCommitSettings,
     /// Address of the optional webhook listener where vendors push payloads.
     pub webhook_listen_addr: Option<SocketAddr>,
+    /// How the task statistics compactor runs.
+    pub stats: crate::stats::StatsSettings,
 }
 
 impl Config {
@@ -63,6 +65,7 @@ impl Config {
             ingest: IngestLimits::default(),
             group_commit: GroupCommitSettings::default(),
             webhook_listen_addr: None,
+            stats: crate::stats::StatsSettings::default(),
         }
     }
 }

@@ -122,6 +122,8 @@ impl Application {
             stop.child_token(),
         ));
 
+        // Folds the statistics deltas ingest appends into the rollups GetTaskStats reads.
+        crate::stats::spawn_compactor(pool.clone(), config.stats.clone(), stop.child_token());
         // Ingest's way into the database, shared by the RPCs and the webhooks.
         let store = GroupCommitter::start(pool.clone(), &config.group_commit);
         let router = Server::builder()

@@ -10,6 +10,7 @@ pub mod live;
 pub mod numbers;
 pub mod quality;
 pub mod server;
+pub mod stats;
 
 use std::sync::LazyLock;
 use std::time::Duration;

@@ -14,6 +14,7 @@ mod migrations;
 mod query_calls;
 mod query_catalog;
 mod query_detail;
+mod query_stats;
 mod reflection;
 mod shutdown;
 mod unimplemented;

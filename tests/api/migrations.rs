@@ -44,6 +44,8 @@ async fn migrations_apply_to_an_empty_database_and_are_idempotent() {
         tables,
         [
             "call_attempts",
+            "call_stats_buckets",
+            "call_stats_deltas",
             "call_tags",
             "call_transcripts",
             "calls",

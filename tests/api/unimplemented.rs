@@ -1,11 +1,8 @@
 use tonic::Code;
 
 use callstore::proto::quality_service_client::QualityServiceClient;
-use callstore::proto::query_service_client::QueryServiceClient;
 use callstore::proto::watch_service_client::WatchServiceClient;
-use callstore::proto::{
-    GetQualityRequest, GetTaskStatsRequest, ListCallsRequest, WatchCallsRequest,
-};
+use callstore::proto::{GetQualityRequest, ListRuleSetsRequest, WatchCallsRequest};
 
 use crate::helpers::spawn_app;
 
@@ -14,12 +11,8 @@ async fn rpcs_not_implemented_yet_answer_unimplemented() {
     let app = spawn_app().await;
     let channel = app.channel().await;
 
-    let stats = QueryServiceClient::new(channel.clone())
-        .get_task_stats(GetTaskStatsRequest::default())
-        .await
-        .expect_err("not implemented yet");
-    let query = QueryServiceClient::new(channel.clone())
-        .list_calls(ListCallsRequest::default())
+    let rule_sets = QualityServiceClient::new(channel.clone())
+        .list_rule_sets(ListRuleSetsRequest::default())
         .await
         .expect_err("not implemented yet");
     let watch = WatchServiceClient::new(channel.clone())
@@ -31,7 +24,7 @@ async fn rpcs_not_implemented_yet_answer_unimplemented() {
         .await
         .expect_err("not implemented yet");
 
-    for status in [stats, query, watch, quality] {
+    for status in [rule_sets, watch, quality] {
         assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
         assert!(
             status
