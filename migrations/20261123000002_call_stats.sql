@@ -30,17 +30,19 @@
 -- writes no delta). The triggers only copy transition rows into arrays; call_stats_append does
 -- the rest.
 --
--- Tags: a call_tags row counts at its call's current task and slot. Whenever a call's
--- contribution is removed or added (insert, update, delete), the tags it has at that moment are
--- removed or added with it, so a call moved to another task or slot takes them along; a
--- call_tags row written or deleted counts at its call's place at that moment. So the tag counts
--- are those of call_tags joined to calls, whatever the order of the writes (one statement must
--- not both move a call and change its tags; the writer never does).
+-- Tags: a call_tags row counts at its call's current task and slot. When an update or a delete
+-- removes a call's contribution (and adds the new one), the tags it has at that moment go with
+-- it, so a call moved to another task or slot takes them along; a call_tags row written or
+-- deleted counts at its call's place at that moment. So the tag counts are those of call_tags
+-- joined to calls, provided a call's tags are written after the call (an inserted call is taken
+-- to have none, which spares a lookup per call) and not by the statement that moves it; the
+-- writer (src/db/calls.rs) does both.
 --
--- Compaction (src/stats.rs): one compactor at a time per database (pg_try_advisory_xact_lock)
--- deletes the visible deltas (DELETE … RETURNING) and adds them into call_stats_buckets, all
--- three spans, in one transaction. A reader in one REPEATABLE READ snapshot adds the compacted
--- rows and the deltas not compacted yet, so it is exact at any moment.
+-- Compaction (src/stats.rs every few seconds, the pass in src/db/stats.rs): one compactor at a
+-- time per database (pg_try_advisory_xact_lock) deletes the visible deltas (DELETE …
+-- RETURNING), adds them into the call_stats_buckets rows of all three spans and writes those
+-- back, in one transaction. A reader in one REPEATABLE READ snapshot adds the compacted rows
+-- and the deltas not compacted yet, so it is exact at any moment.
 --
 -- Min and max talk time cannot be decremented. A delta carries the min and max of the talk
 -- times it adds (added_*) and of those it removes (removed_*; a value removed and added again
@@ -110,7 +112,8 @@ CREATE TABLE call_stats_buckets (
 WITH (fillfactor = 70);
 
 -- The definitions, shared by the triggers, the backfill below, the compactor and the reader
--- (SQL functions the planner inlines).
+-- (SQL functions the planner inlines). The reader applies them in Rust to the few calls of a
+-- window's unaligned edges (`EdgeCall` in src/db/stats.rs): change both together.
 
 -- Start of the `span`-second bucket holding `t`, aligned on the UTC epoch.
 CREATE FUNCTION call_stats_bucket(t timestamptz, span integer) RETURNS timestamptz
@@ -172,7 +175,9 @@ AS $$
 $$;
 
 -- The counts packed in a row, one per line: (dimension, code, NULL, count) or
--- (dimension, NULL, id, count).
+-- (dimension, NULL, id, count). The arrays are parallel, in no particular order: they are
+-- built by array_agg calls with the same FILTER in one aggregation, which see the rows of a
+-- group in the same order.
 CREATE FUNCTION call_stats_entries(
     code_dimensions smallint[], codes smallint[], code_counts bigint[],
     id_dimensions smallint[], ids uuid[], id_counts bigint[]
@@ -221,42 +226,71 @@ CREATE TYPE call_stats_tag_change AS (
 -- whose contribution is added and removed (with the tags they have now), and the call_tags rows
 -- added and removed (at their call's place now).
 --
--- It runs for every statement that writes calls or call_tags, so its planning matters: the
--- lookups into calls and call_tags are planned for each call (EXECUTE, like every statement of
--- the service, never a plan cached while the tables were small); the aggregation reads nothing
--- but the arrays, so its plan is made once per session (a generic plan: planning it costs
--- several times running it for a small group commit).
+-- It runs for every statement that writes calls or call_tags, so its plans matter:
+-- * the lookups into calls and call_tags are index probes, one per changed call or tag row,
+--   driven by the arrays, planned for each call with the tables' current sizes, and without
+--   sequential scans, hash or merge joins (with them, a batch of 1,500 tag rows against a
+--   calls table whose statistics lag behind its growth was planned as a sequential scan of
+--   calls, for every batch);
+-- * the aggregation reads nothing but the arrays: its plan is the same for any input, so it
+--   is made once per session (a generic plan; planning costs several times the work of a
+--   small group commit);
+-- * no parallel workers or JIT: starting them costs more than this work.
 CREATE FUNCTION call_stats_append(
     added call_stats_call[], removed call_stats_call[],
-    added_tags call_stats_call_tag[], removed_tags call_stats_call_tag[]
+    added_tags call_stats_call_tag[], removed_tags call_stats_call_tag[],
+    added_have_tags boolean
 ) RETURNS void
 LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET enable_hashjoin = off
+SET enable_mergejoin = off
+SET max_parallel_workers_per_gather = 0
+SET jit = off
 AS $function$
 DECLARE
-    tag_changes call_stats_tag_change[];
+    -- Inserted calls have no tags yet (call_tags rows are written after their call).
+    tagged call_stats_call[] := CASE WHEN added_have_tags THEN added ELSE '{}' END;
+    tag_changes call_stats_tag_change[] := '{}';
 BEGIN
-    EXECUTE $lookup$
-        SELECT ARRAY(
-            SELECT ROW(c.sign, c.tenant_id, c.task_id, call_stats_slot(c.dial_time),
-                       t.tag_id)::call_stats_tag_change
-            FROM (SELECT 1 AS sign, a.* FROM unnest($1) AS a
-                  UNION ALL
-                  SELECT -1, r.* FROM unnest($2) AS r) AS c
-            JOIN call_tags t ON t.tenant_id = c.tenant_id AND t.call_id = c.id
-            WHERE c.task_id IS NOT NULL
-            UNION ALL
-            SELECT ROW(t.sign, c.tenant_id, c.task_id, call_stats_slot(c.dial_time),
-                       t.tag_id)::call_stats_tag_change
-            FROM (SELECT 1 AS sign, a.* FROM unnest($3) AS a
-                  UNION ALL
-                  SELECT -1, r.* FROM unnest($4) AS r) AS t
-            JOIN calls c ON c.tenant_id = t.tenant_id AND c.id = t.call_id
-            WHERE c.task_id IS NOT NULL)
-    $lookup$
-    INTO tag_changes
-    USING added, removed, added_tags, removed_tags;
+    -- The tags of the changed calls, and the call_tags rows at their call's place: index
+    -- probes driven by the arrays (the LATERAL ... OFFSET 0 subqueries cannot become joins),
+    -- planned for each call (EXECUTE): a plan kept from when the tables were empty probes
+    -- calls through any index on tenant_id, reading the tenant's every call for each row.
+    IF cardinality(tagged) + cardinality(removed) + cardinality(added_tags)
+       + cardinality(removed_tags) > 0 THEN
+        EXECUTE $lookup$
+            SELECT ARRAY(
+                SELECT ROW(c.sign, c.tenant_id, c.task_id, call_stats_slot(c.dial_time),
+                           t.tag_id)::call_stats_tag_change
+                FROM (SELECT 1 AS sign, a.* FROM unnest($1) AS a
+                      UNION ALL
+                      SELECT -1, r.* FROM unnest($2) AS r) AS c
+                CROSS JOIN LATERAL (
+                    SELECT x.tag_id FROM call_tags x
+                    WHERE x.tenant_id = c.tenant_id AND x.call_id = c.id
+                    OFFSET 0
+                ) AS t
+                WHERE c.task_id IS NOT NULL
+                UNION ALL
+                SELECT ROW(t.sign, t.tenant_id, c.task_id, call_stats_slot(c.dial_time),
+                           t.tag_id)::call_stats_tag_change
+                FROM (SELECT 1 AS sign, a.* FROM unnest($3) AS a
+                      UNION ALL
+                      SELECT -1, r.* FROM unnest($4) AS r) AS t
+                CROSS JOIN LATERAL (
+                    SELECT x.task_id, x.dial_time FROM calls x
+                    WHERE x.tenant_id = t.tenant_id AND x.id = t.call_id
+                    OFFSET 0
+                ) AS c
+                WHERE c.task_id IS NOT NULL)
+        $lookup$
+        INTO tag_changes
+        USING tagged, removed, added_tags, removed_tags;
+    END IF;
 
+    -- Only aggregations, no joins: no plan can misjudge the sizes of the arrays.
     WITH changed AS (
         SELECT 1 AS sign, c.* FROM unnest(added) AS c
         UNION ALL
@@ -268,86 +302,79 @@ BEGIN
         FROM changed c
         WHERE c.task_id IS NOT NULL
     ),
-    totals AS (
-        SELECT p.tenant_id, p.task_id, p.slot,
+    -- Per slot: totals ('t'), the net multiset of talk times ('x': a talk time removed and
+    -- added again cancels out) and net counts per key ('k').
+    parts AS (
+        SELECT p.tenant_id, p.task_id, p.slot, 't' AS kind,
                sum(p.sign) AS calls,
                coalesce(sum(p.sign) FILTER (WHERE call_stats_answered(p.outcome)), 0) AS answered,
                coalesce(sum(p.sign) FILTER (WHERE call_stats_transferred(p.transfer_state)), 0)
                    AS transferred,
                coalesce(sum(p.sign * p.talk), 0) AS talk_sum,
-               coalesce(sum(p.sign) FILTER (WHERE p.talk IS NOT NULL), 0) AS talk_count
+               coalesce(sum(p.sign) FILTER (WHERE p.talk IS NOT NULL), 0) AS talk_count,
+               NULL::bigint AS talk, NULL::smallint AS dimension, NULL::smallint AS code,
+               NULL::uuid AS id, NULL::bigint AS count
         FROM placed p
         GROUP BY p.tenant_id, p.task_id, p.slot
-    ),
-    talks AS (
-        -- The multiset of talk times added minus removed: an unchanged call cancels out.
-        SELECT p.tenant_id, p.task_id, p.slot, p.talk, sum(p.sign) AS net
+        UNION ALL
+        SELECT p.tenant_id, p.task_id, p.slot, 'x', NULL, NULL, NULL, NULL, NULL, p.talk, NULL,
+               NULL, NULL, sum(p.sign)
         FROM placed p
         WHERE p.talk IS NOT NULL
         GROUP BY p.tenant_id, p.task_id, p.slot, p.talk
         HAVING sum(p.sign) <> 0
-    ),
-    extremes AS (
-        SELECT k.tenant_id, k.task_id, k.slot,
-               min(k.talk) FILTER (WHERE k.net > 0) AS added_min,
-               max(k.talk) FILTER (WHERE k.net > 0) AS added_max,
-               min(k.talk) FILTER (WHERE k.net < 0) AS removed_min,
-               max(k.talk) FILTER (WHERE k.net < 0) AS removed_max
-        FROM talks k
-        GROUP BY k.tenant_id, k.task_id, k.slot
-    ),
-    keyed AS (
-        SELECT p.tenant_id, p.task_id, p.slot, k.dimension, k.code, k.id, p.sign
-        FROM placed p
-        CROSS JOIN LATERAL call_stats_keys(p.outcome, p.number_status, p.hangup_side, p.level_id,
-                                           p.talk_duration_ms, p.dial_time, p.answer_time) AS k
         UNION ALL
-        SELECT t.tenant_id, t.task_id, t.slot, 5::smallint, NULL::smallint, t.tag_id, t.sign
-        FROM unnest(tag_changes) AS t
-    ),
-    counted AS (
-        SELECT k.tenant_id, k.task_id, k.slot, k.dimension, k.code, k.id, sum(k.sign) AS count
-        FROM keyed k
+        SELECT k.tenant_id, k.task_id, k.slot, 'k', NULL, NULL, NULL, NULL, NULL, NULL,
+               k.dimension, k.code, k.id, sum(k.sign)
+        FROM (
+            SELECT p.tenant_id, p.task_id, p.slot, e.dimension, e.code, e.id, p.sign
+            FROM placed p
+            CROSS JOIN LATERAL call_stats_keys(p.outcome, p.number_status, p.hangup_side,
+                                               p.level_id, p.talk_duration_ms, p.dial_time,
+                                               p.answer_time) AS e
+            UNION ALL
+            SELECT t.tenant_id, t.task_id, t.slot, 5::smallint, NULL::smallint, t.tag_id, t.sign
+            FROM unnest(tag_changes) AS t
+        ) AS k
         GROUP BY k.tenant_id, k.task_id, k.slot, k.dimension, k.code, k.id
         HAVING sum(k.sign) <> 0
     ),
-    packed AS (
-        SELECT n.tenant_id, n.task_id, n.slot,
-               array_agg(n.dimension ORDER BY n.dimension, n.code) FILTER (WHERE n.id IS NULL)
-                   AS code_dimensions,
-               array_agg(n.code ORDER BY n.dimension, n.code) FILTER (WHERE n.id IS NULL) AS codes,
-               array_agg(n.count ORDER BY n.dimension, n.code) FILTER (WHERE n.id IS NULL)
-                   AS code_counts,
-               array_agg(n.dimension ORDER BY n.dimension, n.id) FILTER (WHERE n.id IS NOT NULL)
-                   AS id_dimensions,
-               array_agg(n.id ORDER BY n.dimension, n.id) FILTER (WHERE n.id IS NOT NULL) AS ids,
-               array_agg(n.count ORDER BY n.dimension, n.id) FILTER (WHERE n.id IS NOT NULL)
-                   AS id_counts
-        FROM counted n
-        GROUP BY n.tenant_id, n.task_id, n.slot
-    ),
-    places AS (
-        SELECT t.tenant_id, t.task_id, t.slot FROM totals t
-        WHERE t.calls <> 0 OR t.answered <> 0 OR t.transferred <> 0 OR t.talk_sum <> 0
-           OR t.talk_count <> 0
-        UNION
-        SELECT x.tenant_id, x.task_id, x.slot FROM extremes x
-        UNION
-        SELECT p.tenant_id, p.task_id, p.slot FROM packed p
+    deltas AS (
+        SELECT r.tenant_id, r.task_id, r.slot,
+               coalesce(sum(r.calls), 0) AS calls,
+               coalesce(sum(r.answered), 0) AS answered,
+               coalesce(sum(r.transferred), 0) AS transferred,
+               coalesce(sum(r.talk_sum), 0) AS talk_sum,
+               coalesce(sum(r.talk_count), 0) AS talk_count,
+               min(r.talk) FILTER (WHERE r.kind = 'x' AND r.count > 0) AS added_min,
+               max(r.talk) FILTER (WHERE r.kind = 'x' AND r.count > 0) AS added_max,
+               min(r.talk) FILTER (WHERE r.kind = 'x' AND r.count < 0) AS removed_min,
+               max(r.talk) FILTER (WHERE r.kind = 'x' AND r.count < 0) AS removed_max,
+               coalesce(array_agg(r.dimension)
+                        FILTER (WHERE r.kind = 'k' AND r.id IS NULL), '{}') AS code_dimensions,
+               coalesce(array_agg(r.code)
+                        FILTER (WHERE r.kind = 'k' AND r.id IS NULL), '{}') AS codes,
+               coalesce(array_agg(r.count)
+                        FILTER (WHERE r.kind = 'k' AND r.id IS NULL), '{}') AS code_counts,
+               coalesce(array_agg(r.dimension)
+                        FILTER (WHERE r.kind = 'k' AND r.id IS NOT NULL), '{}') AS id_dimensions,
+               coalesce(array_agg(r.id)
+                        FILTER (WHERE r.kind = 'k' AND r.id IS NOT NULL), '{}') AS ids,
+               coalesce(array_agg(r.count)
+                        FILTER (WHERE r.kind = 'k' AND r.id IS NOT NULL), '{}') AS id_counts
+        FROM parts r
+        GROUP BY r.tenant_id, r.task_id, r.slot
     )
     INSERT INTO call_stats_deltas (tenant_id, task_id, slot, calls, answered, transferred, talk_sum,
                                    talk_count, added_min, added_max, removed_min, removed_max,
                                    code_dimensions, codes, code_counts, id_dimensions, ids, id_counts)
-    SELECT w.tenant_id, w.task_id, w.slot,
-           coalesce(t.calls, 0), coalesce(t.answered, 0), coalesce(t.transferred, 0),
-           coalesce(t.talk_sum, 0), coalesce(t.talk_count, 0),
-           x.added_min, x.added_max, x.removed_min, x.removed_max,
-           coalesce(p.code_dimensions, '{}'), coalesce(p.codes, '{}'), coalesce(p.code_counts, '{}'),
-           coalesce(p.id_dimensions, '{}'), coalesce(p.ids, '{}'), coalesce(p.id_counts, '{}')
-    FROM places w
-    LEFT JOIN totals t ON t.tenant_id = w.tenant_id AND t.task_id = w.task_id AND t.slot = w.slot
-    LEFT JOIN extremes x ON x.tenant_id = w.tenant_id AND x.task_id = w.task_id AND x.slot = w.slot
-    LEFT JOIN packed p ON p.tenant_id = w.tenant_id AND p.task_id = w.task_id AND p.slot = w.slot;
+    SELECT d.tenant_id, d.task_id, d.slot, d.calls, d.answered, d.transferred, d.talk_sum,
+           d.talk_count, d.added_min, d.added_max, d.removed_min, d.removed_max,
+           d.code_dimensions, d.codes, d.code_counts, d.id_dimensions, d.ids, d.id_counts
+    FROM deltas d
+    WHERE d.calls <> 0 OR d.answered <> 0 OR d.transferred <> 0 OR d.talk_sum <> 0
+       OR d.talk_count <> 0 OR d.added_min IS NOT NULL OR d.removed_min IS NOT NULL
+       OR cardinality(d.codes) > 0 OR cardinality(d.ids) > 0;
 END
 $function$;
 
@@ -382,7 +409,7 @@ BEGIN
     IF added IS NOT DISTINCT FROM removed THEN
         RETURN NULL;
     END IF;
-    PERFORM call_stats_append(added, removed, '{}', '{}');
+    PERFORM call_stats_append(added, removed, '{}', '{}', TG_OP = 'UPDATE');
     RETURN NULL;
 END
 $$;
@@ -404,7 +431,7 @@ BEGIN
                          FROM old_rows o);
     END IF;
     IF cardinality(added) + cardinality(removed) > 0 THEN
-        PERFORM call_stats_append('{}', '{}', added, removed);
+        PERFORM call_stats_append('{}', '{}', added, removed, false);
     END IF;
     RETURN NULL;
 END
@@ -471,12 +498,12 @@ counted AS (
 ),
 packed AS (
     SELECT tenant_id, task_id, span, bucket,
-           coalesce(array_agg(dimension ORDER BY dimension, code) FILTER (WHERE id IS NULL), '{}') AS code_dimensions,
-           coalesce(array_agg(code ORDER BY dimension, code) FILTER (WHERE id IS NULL), '{}') AS codes,
-           coalesce(array_agg(count ORDER BY dimension, code) FILTER (WHERE id IS NULL), '{}') AS code_counts,
-           coalesce(array_agg(dimension ORDER BY dimension, id) FILTER (WHERE id IS NOT NULL), '{}') AS id_dimensions,
-           coalesce(array_agg(id ORDER BY dimension, id) FILTER (WHERE id IS NOT NULL), '{}') AS ids,
-           coalesce(array_agg(count ORDER BY dimension, id) FILTER (WHERE id IS NOT NULL), '{}') AS id_counts
+           coalesce(array_agg(dimension) FILTER (WHERE id IS NULL), '{}') AS code_dimensions,
+           coalesce(array_agg(code) FILTER (WHERE id IS NULL), '{}') AS codes,
+           coalesce(array_agg(count) FILTER (WHERE id IS NULL), '{}') AS code_counts,
+           coalesce(array_agg(dimension) FILTER (WHERE id IS NOT NULL), '{}') AS id_dimensions,
+           coalesce(array_agg(id) FILTER (WHERE id IS NOT NULL), '{}') AS ids,
+           coalesce(array_agg(count) FILTER (WHERE id IS NOT NULL), '{}') AS id_counts
     FROM counted
     GROUP BY 1, 2, 3, 4
 )

@@ -5,8 +5,10 @@
 //! A window is read as a cover of pieces (see [`Cover`]): its unaligned edges straight from
 //! `calls`, whole minutes, hours and days from `call_stats_buckets`, plus the deltas not
 //! compacted yet in its whole minutes. All statements of one read run in one REPEATABLE READ
-//! snapshot, so a compaction committing meanwhile is seen entirely or not at all.
+//! snapshot, so a compaction committing meanwhile is seen entirely or not at all. Counts of
+//! zero (keys and points) are left out.
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -200,14 +202,14 @@ fn ceil_to(time: DateTime<Utc>, seconds: i64) -> DateTime<Utc> {
 }
 
 /// The whole buckets of a cover, selecting `columns` of `call_stats_buckets b` (`$1` tenant,
-/// `$2` task, `$4`..`$9` the bounds t1..t6).
+/// `$2` task, `$3`..`$8` the bounds t1..t6).
 fn pieces(columns: &str) -> String {
     [
-        (60, 4, 5),
-        (3600, 5, 6),
-        (86400, 6, 7),
-        (3600, 7, 8),
-        (60, 8, 9),
+        (60, 3, 4),
+        (3600, 4, 5),
+        (86400, 5, 6),
+        (3600, 6, 7),
+        (60, 7, 8),
     ]
     .iter()
     .map(|(span, low, high)| {
@@ -223,63 +225,30 @@ fn pieces(columns: &str) -> String {
 
 /// The deltas not compacted yet in the cover's whole minutes.
 const PENDING: &str = "call_stats_deltas d
-    WHERE d.tenant_id = $1 AND d.task_id = $2 AND d.slot >= $4 AND d.slot < $9";
-
-/// The calls of the cover's edges, selecting `columns` of `calls c`.
-fn edges(columns: &str) -> String {
-    format!(
-        "SELECT {columns} FROM calls c
-         WHERE c.tenant_id = $1 AND c.task_id = $2 AND c.dial_time >= $3 AND c.dial_time < $4
-         UNION ALL
-         SELECT {columns} FROM calls c
-         WHERE c.tenant_id = $1 AND c.task_id = $2 AND c.dial_time >= $9 AND c.dial_time < $10"
-    )
-}
+    WHERE d.tenant_id = $1 AND d.task_id = $2 AND d.slot >= $3 AND d.slot < $8";
 
 const PACKED_COLUMNS: &str =
     "b.code_dimensions, b.codes, b.code_counts, b.id_dimensions, b.ids, b.id_counts";
 
-/// Counts per dimension and key over a cover.
+/// Counts per dimension and key over the rollups of a cover.
 static COUNTS_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "WITH edge AS (
-             {edges}
-         ),
-         packed AS (
+        "WITH packed AS (
              {pieces}
              UNION ALL
              SELECT d.code_dimensions, d.codes, d.code_counts, d.id_dimensions, d.ids, d.id_counts
              FROM {PENDING}
-         ),
-         parts AS (
-             SELECT e.dimension, e.code, e.id, e.count
-             FROM packed p
-             CROSS JOIN LATERAL call_stats_entries(p.code_dimensions, p.codes, p.code_counts,
-                                                   p.id_dimensions, p.ids, p.id_counts) AS e
-             UNION ALL
-             SELECT k.dimension, k.code, k.id, 1
-             FROM edge c
-             CROSS JOIN LATERAL call_stats_keys(c.outcome, c.number_status, c.hangup_side,
-                                                c.level_id, c.talk_duration_ms, c.dial_time,
-                                                c.answer_time) AS k
-             UNION ALL
-             SELECT 5::smallint, NULL::smallint, t.tag_id, 1
-             FROM edge c
-             JOIN call_tags t ON t.tenant_id = $1 AND t.call_id = c.id
          )
-         SELECT dimension, code, id, sum(count)::bigint AS count
-         FROM parts
-         GROUP BY dimension, code, id
-         HAVING sum(count) <> 0",
-        edges = edges(
-            "c.id, c.outcome, c.number_status, c.hangup_side, c.level_id, c.talk_duration_ms, \
-             c.dial_time, c.answer_time"
-        ),
+         SELECT e.dimension, e.code, e.id, sum(e.count)::bigint AS count
+         FROM packed p
+         CROSS JOIN LATERAL call_stats_entries(p.code_dimensions, p.codes, p.code_counts,
+                                               p.id_dimensions, p.ids, p.id_counts) AS e
+         GROUP BY e.dimension, e.code, e.id",
         pieces = pieces(PACKED_COLUMNS),
     )
 });
 
-/// Totals per UTC hour or day (`$11`) over a cover.
+/// Totals per UTC hour or day (`$9`) over the rollups of a cover.
 static POINTS_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH parts AS (
@@ -287,31 +256,22 @@ static POINTS_SQL: LazyLock<String> = LazyLock::new(|| {
              UNION ALL
              SELECT d.slot, d.calls, d.answered, d.transferred, d.talk_sum, d.talk_count
              FROM {PENDING}
-             UNION ALL
-             {edges}
          )
-         SELECT date_trunc($11, at, 'UTC') AS start, sum(calls)::bigint AS calls,
+         SELECT date_trunc($9, at, 'UTC') AS start, sum(calls)::bigint AS calls,
                 sum(answered)::bigint AS answered, sum(transferred)::bigint AS transferred,
                 sum(talk_sum)::bigint AS talk_sum, sum(talk_count)::bigint AS talk_count
          FROM parts
          GROUP BY 1
-         HAVING sum(calls) <> 0
          ORDER BY 1",
         pieces =
             pieces("b.bucket AS at, b.calls, b.answered, b.transferred, b.talk_sum, b.talk_count"),
-        edges = edges(
-            "c.dial_time, 1::bigint, \
-             (CASE WHEN call_stats_answered(c.outcome) THEN 1 ELSE 0 END)::bigint, \
-             (CASE WHEN call_stats_transferred(c.transfer_state) THEN 1 ELSE 0 END)::bigint, \
-             coalesce(call_stats_talk(c.outcome, c.talk_duration_ms), 0), \
-             (CASE WHEN call_stats_talk(c.outcome, c.talk_duration_ms) IS NULL THEN 0 ELSE 1 END)::bigint"
-        ),
     )
 });
 
-/// Shortest and longest talk time over a cover, exact although min and max cannot be
-/// decremented (see the migration): a piece with a pending removal is read minute by minute,
-/// and a minute whose pending removal reaches its candidate extreme is recomputed from calls.
+/// Shortest and longest talk time over the rollups of a cover, and the minutes where a pending
+/// removal reaches the candidate extreme (the min and max cannot be decremented, see the
+/// migration): a piece with a pending removal is read minute by minute, and such a minute
+/// ("stale") has to be recomputed from calls.
 static EXTREMES_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH pending AS (
@@ -350,51 +310,128 @@ static EXTREMES_SQL: LazyLock<String> = LazyLock::new(|| {
              FULL JOIN pending p ON p.slot = s.slot
          ),
          extremes AS (
-             SELECT p.talk_min, p.talk_max
+             SELECT p.talk_min, p.talk_max, false AS stale, NULL::timestamptz AS slot
              FROM pieces p
              WHERE p.span > 60
                AND NOT EXISTS (SELECT 1 FROM split s WHERE s.span = p.span AND s.bucket = p.bucket)
              UNION ALL
-             SELECT CASE WHEN NOT c.stale THEN c.talk_min ELSE
-                        (SELECT min(call_stats_talk(x.outcome, x.talk_duration_ms)) FROM calls x
-                         WHERE x.tenant_id = $1 AND x.task_id = $2 AND x.dial_time >= c.slot
-                           AND x.dial_time < c.slot + interval '1 minute') END,
-                    CASE WHEN NOT c.stale THEN c.talk_max ELSE
-                        (SELECT max(call_stats_talk(x.outcome, x.talk_duration_ms)) FROM calls x
-                         WHERE x.tenant_id = $1 AND x.task_id = $2 AND x.dial_time >= c.slot
-                           AND x.dial_time < c.slot + interval '1 minute') END
-             FROM candidates c
-             UNION ALL
-             {edges}
+             SELECT c.talk_min, c.talk_max, c.stale, c.slot FROM candidates c
          )
-         SELECT min(talk_min) AS talk_min, max(talk_max) AS talk_max FROM extremes",
+         SELECT min(talk_min) FILTER (WHERE NOT stale) AS talk_min,
+                max(talk_max) FILTER (WHERE NOT stale) AS talk_max,
+                coalesce(array_agg(slot) FILTER (WHERE stale), '{{}}') AS stale_slots
+         FROM extremes",
         pieces = pieces("b.span, b.bucket, b.talk_min, b.talk_max"),
-        edges = edges(
-            "call_stats_talk(c.outcome, c.talk_duration_ms), \
-             call_stats_talk(c.outcome, c.talk_duration_ms)"
-        ),
     )
 });
 
+/// The calls of a cover's edges, with their tags (`$3`..`$4` and `$5`..`$6`).
+const EDGES_SQL: &str = "
+    SELECT c.dial_time, c.answer_time, c.outcome, c.number_status, c.hangup_side, c.level_id,
+           c.transfer_state, c.talk_duration_ms,
+           ARRAY(SELECT t.tag_id FROM call_tags t
+                 WHERE t.tenant_id = c.tenant_id AND t.call_id = c.id) AS tag_ids
+    FROM (SELECT tenant_id, id, dial_time, answer_time, outcome, number_status, hangup_side,
+                 level_id, transfer_state, talk_duration_ms
+          FROM calls
+          WHERE tenant_id = $1 AND task_id = $2 AND dial_time >= $3 AND dial_time < $4
+          UNION ALL
+          SELECT tenant_id, id, dial_time, answer_time, outcome, number_status, hangup_side,
+                 level_id, transfer_state, talk_duration_ms
+          FROM calls
+          WHERE tenant_id = $1 AND task_id = $2 AND dial_time >= $5 AND dial_time < $6) AS c";
+
+/// Shortest and longest talk time in the given minutes, from calls.
+const RECOMPUTE_SQL: &str = "
+    SELECT min(call_stats_talk(x.outcome, x.talk_duration_ms)) AS talk_min,
+           max(call_stats_talk(x.outcome, x.talk_duration_ms)) AS talk_max
+    FROM unnest($3::timestamptz[]) AS s (slot)
+    CROSS JOIN LATERAL (
+        SELECT c.outcome, c.talk_duration_ms FROM calls c
+        WHERE c.tenant_id = $1 AND c.task_id = $2
+          AND c.dial_time >= s.slot AND c.dial_time < s.slot + interval '1 minute'
+        OFFSET 0
+    ) AS x";
+
+/// A call of a window's edges, read from `calls` itself and counted here with the
+/// definitions of the migration's SQL functions (`call_stats_talk`, `call_stats_keys`, …): the
+/// tests compare both against a computation of their own.
+#[derive(sqlx::FromRow)]
+struct EdgeCall {
+    dial_time: DateTime<Utc>,
+    answer_time: Option<DateTime<Utc>>,
+    outcome: i16,
+    number_status: i16,
+    hangup_side: i16,
+    level_id: Option<Uuid>,
+    transfer_state: i16,
+    talk_duration_ms: Option<i64>,
+    tag_ids: Vec<Uuid>,
+}
+
+/// The duration bucket 0..=5 of a duration in microseconds (see [`DURATION_BUCKETS`]).
+fn duration_bucket(micros: i64) -> i16 {
+    let position = DURATION_BUCKETS
+        .iter()
+        .position(|bound| micros < bound * 1_000)
+        .unwrap_or(DURATION_BUCKETS.len());
+    i16::try_from(position).unwrap_or(5)
+}
+
+impl EdgeCall {
+    /// The talk time it counts with: an answered call's (the migration's `call_stats_talk`).
+    fn talk(&self) -> Option<i64> {
+        (self.outcome == ANSWERED)
+            .then_some(self.talk_duration_ms)
+            .flatten()
+    }
+
+    /// The keys it counts under (the migration's `call_stats_keys`, and its tags).
+    fn keys(&self) -> Vec<(i16, Option<i16>, Option<Uuid>)> {
+        let mut keys = vec![
+            (1, Some(self.outcome), None),
+            (2, Some(self.number_status), None),
+            (3, Some(self.hangup_side), None),
+        ];
+        if let Some(level) = self.level_id {
+            keys.push((4, None, Some(level)));
+        }
+        keys.extend(self.tag_ids.iter().map(|tag| (5, None, Some(*tag))));
+        if self.outcome == ANSWERED {
+            if let Some(talk) = self.talk_duration_ms {
+                keys.push((6, Some(duration_bucket(talk.saturating_mul(1_000))), None));
+            }
+            if let Some(answer) = self.answer_time {
+                let delay = (answer - self.dial_time)
+                    .num_microseconds()
+                    .unwrap_or(i64::MAX);
+                keys.push((7, Some(duration_bucket(delay)), None));
+            }
+        }
+        keys
+    }
+}
+
+/// `CallOutcome::Answered`.
+const ANSWERED: i16 = 1;
+
 /// The statistics of a task over a window; `None` when the tenant has no such task.
+///
+/// In one REPEATABLE READ snapshot: the task and its first call, the calls of the window's
+/// edges, then the rollups with generic plans (planning those statements, with the SQL
+/// functions they inline, costs twice running them; they read only `call_stats_buckets` and
+/// `call_stats_deltas` through keys led by tenant and task, the one plan any statistics give),
+/// without parallel workers or JIT, whose start-up would cost more than the reads.
+/// Statements that read `calls` are planned for their parameters, like every statement of the
+/// service: a generic plan made while the table was small would read a task's every call.
 #[tracing::instrument(skip_all, fields(tenant = %tenant.as_str(), task_id = %query.task_id))]
 pub async fn task_stats(
     pool: &PgPool,
     tenant: &TenantId,
     query: &StatsQuery,
 ) -> Result<Option<TaskStats>, DbError> {
-    // One snapshot for every statement. Generic plans, unlike the pool's default: planning
-    // these statements (with the SQL functions they inline) costs twice their execution, and
-    // every table is read by a range of a key led by tenant and task, the plan any statistics
-    // give. Without parallel workers or JIT, whose start-up would cost more than the reads
-    // (the generic estimates assume default selectivities).
     let mut transaction = pool
-        .begin_with(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;
-             SET LOCAL plan_cache_mode = force_generic_plan;
-             SET LOCAL max_parallel_workers_per_gather = 0;
-             SET LOCAL jit = off",
-        )
+        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .await?;
     let task: Option<(Option<DateTime<Utc>>,)> = sqlx::query_as(
         "SELECT (SELECT min(c.dial_time) FROM calls c
@@ -419,14 +456,32 @@ pub async fn task_stats(
     if start >= query.end {
         return Ok(Some(TaskStats::default()));
     }
-
+    let series = query.series.unwrap_or(SeriesInterval::Day);
     let days = Cover::new(start, query.end, SeriesInterval::Day);
+    let points_cover = Cover::new(start, query.end, series);
+    let [t0, t1, .., t6, t7] = days.bounds;
+
+    let edges: Vec<EdgeCall> = sqlx::query_as(EDGES_SQL)
+        .bind(tenant.as_str())
+        .bind(query.task_id)
+        .bind(t0)
+        .bind(t1)
+        .bind(t6)
+        .bind(t7)
+        .fetch_all(&mut *transaction)
+        .await?;
+
+    sqlx::raw_sql(
+        "SET LOCAL plan_cache_mode = force_generic_plan;
+         SET LOCAL max_parallel_workers_per_gather = 0;
+         SET LOCAL jit = off",
+    )
+    .execute(&mut *transaction)
+    .await?;
     let counts: Vec<CountRow> =
         bind_cover(sqlx::query_as(COUNTS_SQL.as_str()), tenant, query, &days)
             .fetch_all(&mut *transaction)
             .await?;
-    let series = query.series.unwrap_or(SeriesInterval::Day);
-    let points_cover = Cover::new(start, query.end, series);
     let points: Vec<PointRow> = bind_cover(
         sqlx::query_as(POINTS_SQL.as_str()),
         tenant,
@@ -436,23 +491,95 @@ pub async fn task_stats(
     .bind(series.unit())
     .fetch_all(&mut *transaction)
     .await?;
-    let (talk_min, talk_max): (Option<i64>, Option<i64>) =
+    let (mut talk_min, mut talk_max, stale_slots): (Option<i64>, Option<i64>, Vec<DateTime<Utc>>) =
         bind_cover(sqlx::query_as(EXTREMES_SQL.as_str()), tenant, query, &days)
             .fetch_one(&mut *transaction)
             .await?;
+    if !stale_slots.is_empty() {
+        sqlx::raw_sql("SET LOCAL plan_cache_mode = force_custom_plan")
+            .execute(&mut *transaction)
+            .await?;
+        let (min, max): (Option<i64>, Option<i64>) = sqlx::query_as(RECOMPUTE_SQL)
+            .bind(tenant.as_str())
+            .bind(query.task_id)
+            .bind(&stale_slots)
+            .fetch_one(&mut *transaction)
+            .await?;
+        talk_min = min_of(talk_min, min);
+        talk_max = max_of(talk_max, max);
+    }
     transaction.commit().await?;
-    Ok(Some(TaskStats {
+
+    let mut stats = TaskStats {
         counts,
         points,
         talk_min,
         talk_max,
-    }))
+    };
+    add_edges(&mut stats, &edges, series);
+    stats.counts.retain(|row| row.count != 0);
+    stats.points.retain(|point| point.calls != 0);
+    Ok(Some(stats))
+}
+
+/// Adds the calls of the edges into what the rollups gave.
+fn add_edges(stats: &mut TaskStats, edges: &[EdgeCall], series: SeriesInterval) {
+    if edges.is_empty() {
+        return;
+    }
+    let mut counts: HashMap<(i16, Option<i16>, Option<Uuid>), i64> = stats
+        .counts
+        .drain(..)
+        .map(|row| ((row.dimension, row.code, row.id), row.count))
+        .collect();
+    let mut points: std::collections::BTreeMap<DateTime<Utc>, PointRow> = stats
+        .points
+        .drain(..)
+        .map(|point| (point.start, point))
+        .collect();
+    let unit = match series {
+        SeriesInterval::Hour => HOUR_SECONDS,
+        SeriesInterval::Day => DAY_SECONDS,
+    };
+    for call in edges {
+        for key in call.keys() {
+            *counts.entry(key).or_insert(0) += 1;
+        }
+        let start = floor_to(call.dial_time, unit);
+        let point = points.entry(start).or_insert(PointRow {
+            start,
+            calls: 0,
+            answered: 0,
+            transferred: 0,
+            talk_sum: 0,
+            talk_count: 0,
+        });
+        point.calls += 1;
+        point.answered += i64::from(call.outcome == ANSWERED);
+        point.transferred += i64::from(!matches!(call.transfer_state, 0 | 1));
+        if let Some(talk) = call.talk() {
+            point.talk_sum += talk;
+            point.talk_count += 1;
+        }
+        stats.talk_min = min_of(stats.talk_min, call.talk());
+        stats.talk_max = max_of(stats.talk_max, call.talk());
+    }
+    stats.counts = counts
+        .into_iter()
+        .map(|((dimension, code, id), count)| CountRow {
+            dimension,
+            code,
+            id,
+            count,
+        })
+        .collect();
+    stats.points = points.into_values().collect();
 }
 
 type QueryAs<'q, O> =
     sqlx::query::QueryAs<'q, sqlx::Postgres, O, <sqlx::Postgres as sqlx::Database>::Arguments>;
 
-/// Binds `$1` tenant, `$2` task and `$3`..`$10` the cover's bounds.
+/// Binds `$1` tenant, `$2` task and `$3`..`$8` the bounds t1..t6 of the cover.
 fn bind_cover<'q, O>(
     statement: QueryAs<'q, O>,
     tenant: &TenantId,
@@ -462,8 +589,7 @@ fn bind_cover<'q, O>(
     let statement = statement
         .bind(tenant.as_str().to_owned())
         .bind(query.task_id);
-    cover
-        .bounds
+    cover.bounds[1..7]
         .iter()
         .fold(statement, |statement, bound| statement.bind(*bound))
 }
@@ -474,11 +600,18 @@ pub const COMPACTION_BATCH: i64 = 20_000;
 /// Key of the advisory lock that lets one compactor run at a time in a database.
 const COMPACTION_LOCK: i64 = 0x6361_6c6c_7374_6174; // "callstat"
 
+/// The spans of the compacted buckets, finest first.
+const SPANS: [i64; 3] = [SLOT_SECONDS, HOUR_SECONDS, DAY_SECONDS];
+
 /// Folds visible deltas into the compacted rows (see the migration): removes up to `limit`
-/// deltas, adds them into the minute, hour and day rows they fall in, deletes rows left
+/// deltas and adds them into the minute, hour and day rows they fall in, deletes rows left
 /// without calls and recomputes the min and max talk time of rows whose extreme a delta
 /// removed, all in one transaction. `None` when another compactor holds the lock; otherwise
 /// how many deltas were folded.
+///
+/// The rows are merged here rather than in SQL: unpacking, regrouping and repacking the
+/// arrays of every touched bucket costs Postgres several microseconds a key, and a batch of
+/// calls spread over a month touches a bucket of each span for nearly every call.
 pub async fn compact_pass(pool: &PgPool, limit: i64) -> Result<Option<u64>, DbError> {
     let mut transaction = pool.begin().await?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
@@ -488,54 +621,111 @@ pub async fn compact_pass(pool: &PgPool, limit: i64) -> Result<Option<u64>, DbEr
     if !locked {
         return Ok(None);
     }
-    let rows: Vec<FoldedRow> = sqlx::query_as(COMPACT_SQL)
-        .bind(limit)
-        .fetch_all(&mut *transaction)
-        .await?;
-    let consumed = rows.first().map_or(0, |row| row.consumed);
-    if consumed == 0 {
+    let deltas: Vec<PackedRow> = sqlx::query_as(
+        "DELETE FROM call_stats_deltas
+         WHERE ctid = ANY (ARRAY (SELECT ctid FROM call_stats_deltas LIMIT $1))
+         RETURNING tenant_id, task_id, slot AS bucket, calls, answered, transferred, talk_sum,
+                   talk_count, added_min, added_max, removed_min, removed_max, code_dimensions,
+                   codes, code_counts, id_dimensions, ids, id_counts",
+    )
+    .bind(limit)
+    .fetch_all(&mut *transaction)
+    .await?;
+    if deltas.is_empty() {
+        transaction.commit().await?;
         return Ok(Some(0));
     }
+    let consumed = deltas.len();
 
-    let mut empty = BucketKeys::default();
-    let mut stale = [
-        BucketKeys::default(),
-        BucketKeys::default(),
-        BucketKeys::default(),
-    ];
-    for row in rows {
-        let (Some(tenant_id), Some(task_id), Some(span), Some(bucket)) =
-            (row.tenant_id, row.task_id, row.span, row.bucket)
-        else {
-            continue;
-        };
-        let keys = if row.empty == Some(true) {
-            &mut empty
-        } else {
-            match i64::from(span) {
-                SLOT_SECONDS => &mut stale[0],
-                HOUR_SECONDS => &mut stale[1],
-                _ => &mut stale[2],
-            }
-        };
-        keys.push(tenant_id, task_id, span, bucket);
+    // What the deltas change, per bucket of each span.
+    let mut changes: HashMap<BucketKey, Change> = HashMap::new();
+    for delta in &deltas {
+        for span in SPANS {
+            let key = BucketKey {
+                tenant_id: delta.tenant_id.clone(),
+                task_id: delta.task_id,
+                span: span_code(span),
+                bucket: floor_to(delta.bucket, span),
+            };
+            changes.entry(key).or_default().add(delta);
+        }
     }
-    if !empty.is_empty() {
+    let keys = BucketKeys::from_keys(changes.keys());
+    let existing: Vec<BucketRow> = sqlx::query_as(
+        "SELECT b.tenant_id, b.task_id, b.span, b.bucket, b.calls, b.answered, b.transferred,
+                b.talk_sum, b.talk_count, b.talk_min, b.talk_max, b.code_dimensions, b.codes,
+                b.code_counts, b.id_dimensions, b.ids, b.id_counts
+         FROM unnest($1::text[], $2::uuid[], $3::integer[], $4::timestamptz[])
+              AS k (tenant_id, task_id, span, bucket)
+         JOIN call_stats_buckets b
+           ON b.tenant_id = k.tenant_id AND b.task_id = k.task_id AND b.span = k.span
+          AND b.bucket = k.bucket",
+    )
+    .bind(&keys.tenant_ids)
+    .bind(&keys.task_ids)
+    .bind(&keys.spans)
+    .bind(&keys.buckets)
+    .fetch_all(&mut *transaction)
+    .await?;
+    let mut existing: HashMap<BucketKey, BucketRow> =
+        existing.into_iter().map(|row| (row.key(), row)).collect();
+
+    let mut saved = Vec::with_capacity(changes.len());
+    let mut emptied = BucketKeys::default();
+    let mut stale: HashMap<i32, BucketKeys> = HashMap::new();
+    for (key, change) in changes {
+        let merged = change.merge(existing.remove(&key), &key);
+        if merged.row.calls == 0 {
+            emptied.push(&key);
+        } else {
+            if merged.stale {
+                stale.entry(key.span).or_default().push(&key);
+            }
+            saved.push(merged.row);
+        }
+    }
+    if !saved.is_empty() {
+        let rows = serde_json::to_string(&saved)
+            .map_err(|error| DbError::InvalidData(sqlx::Error::Encode(Box::new(error))))?;
+        sqlx::query(
+            "INSERT INTO call_stats_buckets AS o (tenant_id, task_id, span, bucket, calls, answered,
+                                                 transferred, talk_sum, talk_count, talk_min,
+                                                 talk_max, code_dimensions, codes, code_counts,
+                                                 id_dimensions, ids, id_counts)
+             SELECT r.tenant_id, r.task_id, r.span, r.bucket, r.calls, r.answered, r.transferred,
+                    r.talk_sum, r.talk_count, r.talk_min, r.talk_max, r.code_dimensions, r.codes,
+                    r.code_counts, r.id_dimensions, r.ids, r.id_counts
+             FROM json_populate_recordset(NULL::call_stats_buckets, $1::json) AS r
+             ON CONFLICT (tenant_id, task_id, span, bucket) DO UPDATE
+             SET calls = EXCLUDED.calls, answered = EXCLUDED.answered,
+                 transferred = EXCLUDED.transferred, talk_sum = EXCLUDED.talk_sum,
+                 talk_count = EXCLUDED.talk_count, talk_min = EXCLUDED.talk_min,
+                 talk_max = EXCLUDED.talk_max, code_dimensions = EXCLUDED.code_dimensions,
+                 codes = EXCLUDED.codes, code_counts = EXCLUDED.code_counts,
+                 id_dimensions = EXCLUDED.id_dimensions, ids = EXCLUDED.ids,
+                 id_counts = EXCLUDED.id_counts",
+        )
+        .bind(rows)
+        .execute(&mut *transaction)
+        .await?;
+    }
+    if !emptied.is_empty() {
         sqlx::query(
             "DELETE FROM call_stats_buckets o
              USING unnest($1::text[], $2::uuid[], $3::integer[], $4::timestamptz[])
                    AS k (tenant_id, task_id, span, bucket)
              WHERE o.tenant_id = k.tenant_id AND o.task_id = k.task_id AND o.span = k.span
-               AND o.bucket = k.bucket AND o.calls = 0",
+               AND o.bucket = k.bucket",
         )
-        .bind(&empty.tenant_ids)
-        .bind(&empty.task_ids)
-        .bind(&empty.spans)
-        .bind(&empty.buckets)
+        .bind(&emptied.tenant_ids)
+        .bind(&emptied.task_ids)
+        .bind(&emptied.spans)
+        .bind(&emptied.buckets)
         .execute(&mut *transaction)
         .await?;
     }
-    let [slots, hours, days] = &stale;
+    let no_keys = BucketKeys::default();
+    let [slots, hours, days] = SPANS.map(|span| stale.get(&span_code(span)).unwrap_or(&no_keys));
     if !slots.is_empty() {
         sqlx::query(
             "UPDATE call_stats_buckets o
@@ -581,15 +771,16 @@ pub async fn compact_pass(pool: &PgPool, limit: i64) -> Result<Option<u64>, DbEr
         .bind(&keys.tenant_ids)
         .bind(&keys.task_ids)
         .bind(&keys.buckets)
-        .bind(i32::try_from(span).unwrap_or(i32::MAX))
-        .bind(i32::try_from(child_span).unwrap_or(i32::MAX))
+        .bind(span_code(span))
+        .bind(span_code(child_span))
         .execute(&mut *transaction)
         .await?;
     }
     transaction.commit().await?;
     tracing::debug!(
         consumed,
-        emptied = empty.len(),
+        saved = saved.len(),
+        emptied = emptied.len(),
         stale_minutes = slots.len(),
         stale_hours = hours.len(),
         stale_days = days.len(),
@@ -598,17 +789,232 @@ pub async fn compact_pass(pool: &PgPool, limit: i64) -> Result<Option<u64>, DbEr
     Ok(Some(u64::try_from(consumed).unwrap_or(0)))
 }
 
-/// What the compaction statement reports: how many deltas it folded, and each bucket left
-/// without calls (`empty`) or with a min or max to recompute (`stale`). Always at least one
-/// row; the bucket columns are NULL when no bucket needs anything.
+/// A span in seconds as the `span` column holds it.
+fn span_code(span: i64) -> i32 {
+    i32::try_from(span).unwrap_or(i32::MAX)
+}
+
+/// A compacted bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct BucketKey {
+    tenant_id: String,
+    task_id: Uuid,
+    span: i32,
+    bucket: DateTime<Utc>,
+}
+
+/// A delta as the compactor reads it (its slot in `bucket`).
 #[derive(sqlx::FromRow)]
-struct FoldedRow {
-    consumed: i64,
-    tenant_id: Option<String>,
-    task_id: Option<Uuid>,
-    span: Option<i32>,
-    bucket: Option<DateTime<Utc>>,
-    empty: Option<bool>,
+struct PackedRow {
+    tenant_id: String,
+    task_id: Uuid,
+    bucket: DateTime<Utc>,
+    calls: i64,
+    answered: i64,
+    transferred: i64,
+    talk_sum: i64,
+    talk_count: i64,
+    added_min: Option<i64>,
+    added_max: Option<i64>,
+    removed_min: Option<i64>,
+    removed_max: Option<i64>,
+    code_dimensions: Vec<i16>,
+    codes: Vec<i16>,
+    code_counts: Vec<i64>,
+    id_dimensions: Vec<i16>,
+    ids: Vec<Uuid>,
+    id_counts: Vec<i64>,
+}
+
+/// A row of `call_stats_buckets`, as read and as written (the JSON field names are the
+/// columns).
+#[derive(sqlx::FromRow, serde::Serialize)]
+struct BucketRow {
+    tenant_id: String,
+    task_id: Uuid,
+    span: i32,
+    bucket: DateTime<Utc>,
+    calls: i64,
+    answered: i64,
+    transferred: i64,
+    talk_sum: i64,
+    talk_count: i64,
+    talk_min: Option<i64>,
+    talk_max: Option<i64>,
+    code_dimensions: Vec<i16>,
+    codes: Vec<i16>,
+    code_counts: Vec<i64>,
+    id_dimensions: Vec<i16>,
+    ids: Vec<Uuid>,
+    id_counts: Vec<i64>,
+}
+
+impl BucketRow {
+    fn key(&self) -> BucketKey {
+        BucketKey {
+            tenant_id: self.tenant_id.clone(),
+            task_id: self.task_id,
+            span: self.span,
+            bucket: self.bucket,
+        }
+    }
+}
+
+/// The key of a count: a dimension with an enum code or an id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum EntryKey {
+    Code(i16, i16),
+    Id(i16, Uuid),
+}
+
+/// Adds parallel arrays of counts into `entries`.
+fn add_entries(
+    entries: &mut HashMap<EntryKey, i64>,
+    code_dimensions: &[i16],
+    codes: &[i16],
+    code_counts: &[i64],
+    id_dimensions: &[i16],
+    ids: &[Uuid],
+    id_counts: &[i64],
+) {
+    for ((dimension, code), count) in code_dimensions.iter().zip(codes).zip(code_counts) {
+        *entries
+            .entry(EntryKey::Code(*dimension, *code))
+            .or_insert(0) += count;
+    }
+    for ((dimension, id), count) in id_dimensions.iter().zip(ids).zip(id_counts) {
+        *entries.entry(EntryKey::Id(*dimension, *id)).or_insert(0) += count;
+    }
+}
+
+/// The deltas that fall in one bucket, added up.
+#[derive(Default)]
+struct Change {
+    calls: i64,
+    answered: i64,
+    transferred: i64,
+    talk_sum: i64,
+    talk_count: i64,
+    added_min: Option<i64>,
+    added_max: Option<i64>,
+    removed_min: Option<i64>,
+    removed_max: Option<i64>,
+    entries: HashMap<EntryKey, i64>,
+}
+
+/// A merged bucket, and whether its min or max must be recomputed.
+struct Merged {
+    row: BucketRow,
+    stale: bool,
+}
+
+fn min_of(left: Option<i64>, right: Option<i64>) -> Option<i64> {
+    match (left, right) {
+        (Some(left), Some(right)) => Some(left.min(right)),
+        (value, None) | (None, value) => value,
+    }
+}
+
+fn max_of(left: Option<i64>, right: Option<i64>) -> Option<i64> {
+    match (left, right) {
+        (Some(left), Some(right)) => Some(left.max(right)),
+        (value, None) | (None, value) => value,
+    }
+}
+
+impl Change {
+    fn add(&mut self, delta: &PackedRow) {
+        self.calls += delta.calls;
+        self.answered += delta.answered;
+        self.transferred += delta.transferred;
+        self.talk_sum += delta.talk_sum;
+        self.talk_count += delta.talk_count;
+        self.added_min = min_of(self.added_min, delta.added_min);
+        self.added_max = max_of(self.added_max, delta.added_max);
+        self.removed_min = min_of(self.removed_min, delta.removed_min);
+        self.removed_max = max_of(self.removed_max, delta.removed_max);
+        add_entries(
+            &mut self.entries,
+            &delta.code_dimensions,
+            &delta.codes,
+            &delta.code_counts,
+            &delta.id_dimensions,
+            &delta.ids,
+            &delta.id_counts,
+        );
+    }
+
+    /// The bucket after this change (see the migration for the min and max rule).
+    fn merge(self, old: Option<BucketRow>, key: &BucketKey) -> Merged {
+        let mut entries = self.entries;
+        let (mut calls, mut answered, mut transferred, mut talk_sum, mut talk_count) = (
+            self.calls,
+            self.answered,
+            self.transferred,
+            self.talk_sum,
+            self.talk_count,
+        );
+        let (mut talk_min, mut talk_max) = (self.added_min, self.added_max);
+        if let Some(old) = old {
+            calls += old.calls;
+            answered += old.answered;
+            transferred += old.transferred;
+            talk_sum += old.talk_sum;
+            talk_count += old.talk_count;
+            talk_min = min_of(old.talk_min, talk_min);
+            talk_max = max_of(old.talk_max, talk_max);
+            add_entries(
+                &mut entries,
+                &old.code_dimensions,
+                &old.codes,
+                &old.code_counts,
+                &old.id_dimensions,
+                &old.ids,
+                &old.id_counts,
+            );
+        }
+        let stale = matches!((self.removed_min, talk_min), (Some(removed), Some(min)) if removed <= min)
+            || matches!((self.removed_max, talk_max), (Some(removed), Some(max)) if removed >= max);
+        let mut counted: Vec<(EntryKey, i64)> = entries
+            .into_iter()
+            .filter(|(_, count)| *count != 0)
+            .collect();
+        counted.sort_unstable();
+        let mut row = BucketRow {
+            tenant_id: key.tenant_id.clone(),
+            task_id: key.task_id,
+            span: key.span,
+            bucket: key.bucket,
+            calls,
+            answered,
+            transferred,
+            talk_sum,
+            talk_count,
+            talk_min,
+            talk_max,
+            code_dimensions: Vec::new(),
+            codes: Vec::new(),
+            code_counts: Vec::new(),
+            id_dimensions: Vec::new(),
+            ids: Vec::new(),
+            id_counts: Vec::new(),
+        };
+        for (entry, count) in counted {
+            match entry {
+                EntryKey::Code(dimension, code) => {
+                    row.code_dimensions.push(dimension);
+                    row.codes.push(code);
+                    row.code_counts.push(count);
+                }
+                EntryKey::Id(dimension, id) => {
+                    row.id_dimensions.push(dimension);
+                    row.ids.push(id);
+                    row.id_counts.push(count);
+                }
+            }
+        }
+        Merged { row, stale }
+    }
 }
 
 /// Bucket keys as parallel arrays, for `unnest`.
@@ -621,11 +1027,19 @@ struct BucketKeys {
 }
 
 impl BucketKeys {
-    fn push(&mut self, tenant_id: String, task_id: Uuid, span: i32, bucket: DateTime<Utc>) {
-        self.tenant_ids.push(tenant_id);
-        self.task_ids.push(task_id);
-        self.spans.push(span);
-        self.buckets.push(bucket);
+    fn from_keys<'a>(keys: impl Iterator<Item = &'a BucketKey>) -> Self {
+        let mut all = Self::default();
+        for key in keys {
+            all.push(key);
+        }
+        all
+    }
+
+    fn push(&mut self, key: &BucketKey) {
+        self.tenant_ids.push(key.tenant_id.clone());
+        self.task_ids.push(key.task_id);
+        self.spans.push(key.span);
+        self.buckets.push(key.bucket);
     }
 
     fn len(&self) -> usize {
@@ -636,101 +1050,6 @@ impl BucketKeys {
         self.tenant_ids.is_empty()
     }
 }
-
-/// Folds up to `$1` visible deltas into `call_stats_buckets` at the three spans. Only the
-/// compactor (under its advisory lock) writes compacted rows, so the rows this statement reads
-/// are the ones it updates.
-const COMPACT_SQL: &str = "
-WITH consumed AS (
-    DELETE FROM call_stats_deltas
-    WHERE ctid = ANY (ARRAY (SELECT ctid FROM call_stats_deltas LIMIT $1))
-    RETURNING *
-),
-leveled AS (
-    SELECT c.*, s.span, call_stats_bucket(c.slot, s.span) AS bucket
-    FROM consumed c
-    CROSS JOIN (VALUES (60), (3600), (86400)) AS s (span)
-),
-changes AS (
-    SELECT tenant_id, task_id, span, bucket,
-           sum(calls) AS calls, sum(answered) AS answered, sum(transferred) AS transferred,
-           sum(talk_sum) AS talk_sum, sum(talk_count) AS talk_count,
-           min(added_min) AS added_min, max(added_max) AS added_max,
-           min(removed_min) AS removed_min, max(removed_max) AS removed_max
-    FROM leveled
-    GROUP BY tenant_id, task_id, span, bucket
-),
-merged AS (
-    SELECT ch.tenant_id, ch.task_id, ch.span, ch.bucket,
-           (coalesce(o.calls, 0) + ch.calls)::bigint AS calls,
-           (coalesce(o.answered, 0) + ch.answered)::bigint AS answered,
-           (coalesce(o.transferred, 0) + ch.transferred)::bigint AS transferred,
-           (coalesce(o.talk_sum, 0) + ch.talk_sum)::bigint AS talk_sum,
-           (coalesce(o.talk_count, 0) + ch.talk_count)::bigint AS talk_count,
-           least(o.talk_min, ch.added_min) AS talk_min,
-           greatest(o.talk_max, ch.added_max) AS talk_max,
-           coalesce(ch.removed_min <= least(o.talk_min, ch.added_min)
-                    OR ch.removed_max >= greatest(o.talk_max, ch.added_max), false) AS stale
-    FROM changes ch
-    LEFT JOIN call_stats_buckets o
-      ON o.tenant_id = ch.tenant_id AND o.task_id = ch.task_id AND o.span = ch.span
-     AND o.bucket = ch.bucket
-),
-entries AS (
-    SELECT l.tenant_id, l.task_id, l.span, l.bucket, e.dimension, e.code, e.id, e.count
-    FROM leveled l
-    CROSS JOIN LATERAL call_stats_entries(l.code_dimensions, l.codes, l.code_counts,
-                                          l.id_dimensions, l.ids, l.id_counts) AS e
-    UNION ALL
-    SELECT o.tenant_id, o.task_id, o.span, o.bucket, e.dimension, e.code, e.id, e.count
-    FROM changes ch
-    JOIN call_stats_buckets o
-      ON o.tenant_id = ch.tenant_id AND o.task_id = ch.task_id AND o.span = ch.span
-     AND o.bucket = ch.bucket
-    CROSS JOIN LATERAL call_stats_entries(o.code_dimensions, o.codes, o.code_counts,
-                                          o.id_dimensions, o.ids, o.id_counts) AS e
-),
-counted AS (
-    SELECT tenant_id, task_id, span, bucket, dimension, code, id, sum(count)::bigint AS count
-    FROM entries
-    GROUP BY tenant_id, task_id, span, bucket, dimension, code, id
-    HAVING sum(count) <> 0
-),
-packed AS (
-    SELECT tenant_id, task_id, span, bucket,
-           array_agg(dimension ORDER BY dimension, code) FILTER (WHERE id IS NULL) AS code_dimensions,
-           array_agg(code ORDER BY dimension, code) FILTER (WHERE id IS NULL) AS codes,
-           array_agg(count ORDER BY dimension, code) FILTER (WHERE id IS NULL) AS code_counts,
-           array_agg(dimension ORDER BY dimension, id) FILTER (WHERE id IS NOT NULL) AS id_dimensions,
-           array_agg(id ORDER BY dimension, id) FILTER (WHERE id IS NOT NULL) AS ids,
-           array_agg(count ORDER BY dimension, id) FILTER (WHERE id IS NOT NULL) AS id_counts
-    FROM counted
-    GROUP BY tenant_id, task_id, span, bucket
-),
-saved AS (
-    INSERT INTO call_stats_buckets AS o (tenant_id, task_id, span, bucket, calls, answered,
-                                         transferred, talk_sum, talk_count, talk_min, talk_max,
-                                         code_dimensions, codes, code_counts, id_dimensions, ids,
-                                         id_counts)
-    SELECT m.tenant_id, m.task_id, m.span, m.bucket, m.calls, m.answered, m.transferred,
-           m.talk_sum, m.talk_count, m.talk_min, m.talk_max,
-           coalesce(p.code_dimensions, '{}'), coalesce(p.codes, '{}'), coalesce(p.code_counts, '{}'),
-           coalesce(p.id_dimensions, '{}'), coalesce(p.ids, '{}'), coalesce(p.id_counts, '{}')
-    FROM merged m
-    LEFT JOIN packed p
-      ON p.tenant_id = m.tenant_id AND p.task_id = m.task_id AND p.span = m.span
-     AND p.bucket = m.bucket
-    ON CONFLICT (tenant_id, task_id, span, bucket) DO UPDATE
-    SET calls = EXCLUDED.calls, answered = EXCLUDED.answered, transferred = EXCLUDED.transferred,
-        talk_sum = EXCLUDED.talk_sum, talk_count = EXCLUDED.talk_count,
-        talk_min = EXCLUDED.talk_min, talk_max = EXCLUDED.talk_max,
-        code_dimensions = EXCLUDED.code_dimensions, codes = EXCLUDED.codes,
-        code_counts = EXCLUDED.code_counts, id_dimensions = EXCLUDED.id_dimensions,
-        ids = EXCLUDED.ids, id_counts = EXCLUDED.id_counts
-)
-SELECT n.consumed, f.tenant_id, f.task_id, f.span, f.bucket, f.calls = 0 AS empty
-FROM (SELECT count(*) AS consumed FROM consumed) AS n
-LEFT JOIN merged f ON f.stale OR f.calls = 0";
 
 #[cfg(test)]
 mod tests {
