@@ -149,24 +149,7 @@ struct Bench {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("ingest bench: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("\ningest bench FAILED: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    support::run_bench("ingest", run(Args::parse()))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
