@@ -156,6 +156,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         &PoolSettings {
             max_connections: u32::try_from(args.clients).unwrap_or(u32::MAX),
             acquire_timeout: Duration::from_secs(30),
+            idle_in_transaction_timeout: Duration::from_secs(60),
         },
     );
     let task_id: Uuid = sqlx::query_scalar("SELECT id FROM tasks WHERE tenant_id = $1 LIMIT 1")

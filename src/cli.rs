@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::client::ingest::IngestArgs;
+use crate::client::watch::WatchArgs;
 use crate::config::{Config, DEFAULT_DATA_DIR, DEFAULT_LOCAL_DATABASE_URL};
 use crate::db::server::DatabaseSettings;
 use crate::telemetry::LogFormat;
@@ -48,6 +49,9 @@ pub enum Command {
     Migrate(DatabaseArgs),
     /// Load files of call records (native JSON lines or vendor payloads) into a running server.
     Ingest(IngestArgs),
+    /// Follow the changes to calls of a running server, one JSON line per event; resumes by
+    /// itself after a disconnect.
+    Watch(WatchArgs),
 }
 
 /// Where the database is.
@@ -117,6 +121,32 @@ pub struct ServeArgs {
     /// How often the task statistics compactor folds pending deltas into the rollups.
     #[arg(long, env = "CALLSTORE_STATS_COMPACTION_INTERVAL", default_value = "2s", value_parser = parse_positive_duration)]
     pub stats_compaction_interval: Duration,
+    /// How long WatchCalls streams keep feed events: an older cursor must re-snapshot.
+    #[arg(long, env = "CALLSTORE_FEED_RETENTION", default_value = "7d", value_parser = parse_positive_duration)]
+    pub feed_retention: Duration,
+    /// How often expired feed events are pruned.
+    #[arg(long, env = "CALLSTORE_FEED_PRUNE_INTERVAL", default_value = "1m", value_parser = parse_positive_duration)]
+    pub feed_prune_interval: Duration,
+    /// Fallback poll of the feed tailer, for missed notifications.
+    #[arg(long, env = "CALLSTORE_WATCH_POLL_INTERVAL", default_value = "1s", value_parser = parse_positive_duration)]
+    pub watch_poll_interval: Duration,
+    /// How long a WatchCalls stream stays silent before a heartbeat (unless the request says).
+    #[arg(long, env = "CALLSTORE_WATCH_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_positive_duration)]
+    pub watch_heartbeat_interval: Duration,
+    /// How long a WatchCalls stream may go unread before it is ended (the client resumes by
+    /// cursor). Keep it below --db-idle-in-transaction-timeout: a snapshot holds a transaction.
+    #[arg(long, env = "CALLSTORE_WATCH_STUCK_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
+    pub watch_stuck_timeout: Duration,
+    /// Batches a stream may lag behind the tailer before it reads the database by itself.
+    #[arg(long, env = "CALLSTORE_WATCH_LIVE_BUFFER", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub watch_live_buffer: u32,
+    /// Messages queued per WatchCalls stream.
+    #[arg(long, env = "CALLSTORE_WATCH_SEND_BUFFER", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub watch_send_buffer: u32,
+    /// The server's sessions are ended when idle in a transaction this long, so one stuck
+    /// transaction cannot hold back the feed's watermark (and every stream) for longer.
+    #[arg(long, env = "CALLSTORE_DB_IDLE_IN_TRANSACTION_TIMEOUT", default_value = "60s", value_parser = parse_positive_duration)]
+    pub db_idle_in_transaction_timeout: Duration,
 }
 
 impl ServeArgs {
@@ -134,6 +164,14 @@ impl ServeArgs {
         config.group_commit.writers = usize::from(self.group_commit_writers);
         config.group_commit.max_group = self.group_commit_max_calls as usize;
         config.stats.compaction_interval = self.stats_compaction_interval;
+        config.pool.idle_in_transaction_timeout = self.db_idle_in_transaction_timeout;
+        config.watch.retention = self.feed_retention;
+        config.watch.prune_interval = self.feed_prune_interval;
+        config.watch.poll_interval = self.watch_poll_interval;
+        config.watch.heartbeat_interval = self.watch_heartbeat_interval;
+        config.watch.stuck_timeout = self.watch_stuck_timeout;
+        config.watch.live_buffer = self.watch_live_buffer as usize;
+        config.watch.send_buffer = self.watch_send_buffer as usize;
         config
     }
 }
@@ -155,13 +193,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.split_at(split);
     let value: u64 = number
         .parse()
-        .map_err(|_| format!("`{text}` is not a duration such as 500ms, 30s, 5m or 1h"))?;
+        .map_err(|_| format!("`{text}` is not a duration such as 500ms, 30s, 5m, 1h or 7d"))?;
     let seconds_per_unit = match unit {
         "ms" => return Ok(Duration::from_millis(value)),
         "s" | "" => 1,
         "m" => 60,
         "h" => 3600,
-        _ => return Err(format!("`{text}` has an unknown unit; use ms, s, m or h")),
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "`{text}` has an unknown unit; use ms, s, m, h or d"
+            ));
+        }
     };
     Ok(Duration::from_secs(value.saturating_mul(seconds_per_unit)))
 }
@@ -177,6 +220,7 @@ mod tests {
         assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct Config {
     pub webhook_listen_addr: Option<SocketAddr>,
     /// How the task statistics compactor runs.
     pub stats: crate::stats::StatsSettings,
+    /// How the live feed is read, fanned out to WatchCalls streams and kept.
+    pub watch: crate::feed::WatchSettings,
 }
 
 impl Config {
@@ -56,6 +58,7 @@ impl Config {
             pool: PoolSettings {
                 max_connections: 16,
                 acquire_timeout: Duration::from_secs(5),
+                idle_in_transaction_timeout: Duration::from_secs(60),
             },
             migrate_on_start: true,
             shutdown_grace: Duration::from_secs(20),
@@ -66,6 +69,7 @@ impl Config {
             group_commit: GroupCommitSettings::default(),
             webhook_listen_addr: None,
             stats: crate::stats::StatsSettings::default(),
+            watch: crate::feed::WatchSettings::default(),
         }
     }
 }

@@ -7,6 +7,9 @@
 use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt as _};
 
+/// The domain of the `google.rpc.ErrorInfo` details callstore sends.
+pub const ERROR_DOMAIN: &str = "callstore.v1";
+
 /// One field of a request that failed validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldViolation {
@@ -38,6 +41,19 @@ pub enum ApiError {
 
     #[error("{0}")]
     FailedPrecondition(String),
+
+    /// A feed cursor older than retention: FAILED_PRECONDITION with reason CURSOR_EXPIRED.
+    #[error("{0}")]
+    CursorExpired(String),
+
+    /// A stream ended early and can be resumed: UNAVAILABLE with the reason and the cursor to
+    /// resume from in its ErrorInfo.
+    #[error("{message}")]
+    StreamEnded {
+        reason: &'static str,
+        message: String,
+        cursor: String,
+    },
 
     #[error("{0}")]
     ResourceExhausted(String),
@@ -72,7 +88,8 @@ impl ApiError {
             Self::InvalidArgument(_) => Code::InvalidArgument,
             Self::NotFound { .. } => Code::NotFound,
             Self::AlreadyExists(_) => Code::AlreadyExists,
-            Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::FailedPrecondition(_) | Self::CursorExpired(_) => Code::FailedPrecondition,
+            Self::StreamEnded { .. } => Code::Unavailable,
             Self::ResourceExhausted(_) => Code::ResourceExhausted,
             Self::Unavailable(_) => Code::Unavailable,
             Self::Aborted(_) => Code::Aborted,
@@ -159,6 +176,21 @@ impl From<ApiError> for tonic::Status {
                     details.add_bad_request_violation(violation.field, violation.description);
                 }
                 tonic::Status::with_error_details(Code::InvalidArgument, summary, details)
+            }
+            ApiError::CursorExpired(message) => {
+                let mut details = ErrorDetails::new();
+                details.set_error_info("CURSOR_EXPIRED", ERROR_DOMAIN, []);
+                tonic::Status::with_error_details(Code::FailedPrecondition, message, details)
+            }
+            ApiError::StreamEnded {
+                reason,
+                message,
+                cursor,
+            } => {
+                let mut details = ErrorDetails::new();
+                details.set_error_info(reason, ERROR_DOMAIN, [("cursor".to_owned(), cursor)]);
+                details.set_retry_info(Some(std::time::Duration::from_millis(100)));
+                tonic::Status::with_error_details(Code::Unavailable, message, details)
             }
             ApiError::Internal(cause) => {
                 tracing::error!(error = ?cause, "internal error");

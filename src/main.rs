@@ -55,6 +55,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         // A client command: result lines on stdout, its errors and summary on stderr; the exit
         // status says whether every record was stored.
         Command::Ingest(args) => Ok(client::ingest::run(args).await),
+        // Events on stdout until Ctrl-C or --max-events; reconnections and errors on stderr.
+        Command::Watch(args) => Ok(client::watch::run(args).await),
     }
 }
 

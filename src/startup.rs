@@ -124,6 +124,9 @@ impl Application {
 
         // Folds the statistics deltas ingest appends into the rollups GetTaskStats reads.
         crate::stats::spawn_compactor(pool.clone(), config.stats.clone(), stop.child_token());
+        // The replica's feed tailer, shared by every WatchCalls stream, and feed retention.
+        let hub = crate::feed::Hub::start(pool.clone(), config.watch.clone(), stop.child_token());
+        crate::feed::prune::spawn_pruner(pool.clone(), &config.watch, stop.child_token());
         // Ingest's way into the database, shared by the RPCs and the webhooks.
         let store = GroupCommitter::start(pool.clone(), &config.group_commit);
         let router = Server::builder()
@@ -140,7 +143,7 @@ impl Application {
                 api::query::QueryApi::new(pool.clone()),
             ))
             .add_service(proto::watch_service_server::WatchServiceServer::new(
-                api::watch::WatchApi,
+                api::watch::WatchApi::new(hub),
             ))
             .add_service(proto::quality_service_server::QualityServiceServer::new(
                 api::quality::QualityApi,

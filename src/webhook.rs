@@ -127,9 +127,11 @@ fn http_status(error: &ApiError) -> StatusCode {
         ApiError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
         ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
         ApiError::AlreadyExists(_) | ApiError::Aborted(_) => StatusCode::CONFLICT,
-        ApiError::FailedPrecondition(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        ApiError::FailedPrecondition(_) | ApiError::CursorExpired(_) => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
         ApiError::ResourceExhausted(_) => StatusCode::TOO_MANY_REQUESTS,
-        ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ApiError::Unavailable(_) | ApiError::StreamEnded { .. } => StatusCode::SERVICE_UNAVAILABLE,
         ApiError::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
         ApiError::Unimplemented { .. } => StatusCode::NOT_IMPLEMENTED,
         ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

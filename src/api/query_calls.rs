@@ -179,13 +179,13 @@ fn call_filter(check: &mut Check<'_>, filter: &proto::CallFilter) -> CallFilter 
     }
 }
 
-/// Collects the violations of one request.
-struct Check<'violations> {
-    violations: &'violations mut Vec<FieldViolation>,
+/// Collects the violations of one request (ListCalls, and WatchCalls' filter).
+pub(super) struct Check<'violations> {
+    pub(super) violations: &'violations mut Vec<FieldViolation>,
 }
 
 impl Check<'_> {
-    fn violation(&mut self, field: &str, description: impl Into<String>) {
+    pub(super) fn violation(&mut self, field: &str, description: impl Into<String>) {
         self.violations
             .push(FieldViolation::new(field, description));
     }
@@ -212,7 +212,7 @@ impl Check<'_> {
         values
     }
 
-    fn uuids(&mut self, field: &str, values: &[String]) -> Vec<Uuid> {
+    pub(super) fn uuids(&mut self, field: &str, values: &[String]) -> Vec<Uuid> {
         let values = self.bounded(field, values);
         let mut ids = Vec::with_capacity(values.len());
         for (index, text) in values.iter().enumerate() {
@@ -228,7 +228,7 @@ impl Check<'_> {
         ids
     }
 
-    fn enums<E: TryFrom<i32>>(&mut self, field: &str, values: &[i32]) -> Vec<i16> {
+    pub(super) fn enums<E: TryFrom<i32>>(&mut self, field: &str, values: &[i32]) -> Vec<i16> {
         let values = self.bounded(field, values);
         let mut numbers = Vec::with_capacity(values.len());
         for (index, &value) in values.iter().enumerate() {
@@ -256,7 +256,12 @@ impl Check<'_> {
         Some(value.to_owned())
     }
 
-    fn range(&mut self, field: &str, range: &proto::Int64Range, non_negative: bool) -> Range {
+    pub(super) fn range(
+        &mut self,
+        field: &str,
+        range: &proto::Int64Range,
+        non_negative: bool,
+    ) -> Range {
         if let (Some(min), Some(max)) = (range.min, range.max)
             && min >= max
         {

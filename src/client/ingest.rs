@@ -15,7 +15,6 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal as _, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -27,12 +26,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
-use tonic::metadata::AsciiMetadataValue;
-use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::api::TENANT_HEADER;
+use crate::client::{ApiKey, CallerMetadata, code_name, parse_tenant};
 use crate::proto::ingest_service_client::IngestServiceClient;
 use crate::proto::{
     CallRecord, IngestCallStreamRequest, IngestItemResult, IngestOutcome,
@@ -142,43 +139,6 @@ pub enum OutputFormat {
     /// One JSON object per line: source, index, outcome, id, source_id, version, code, error,
     /// violations.
     Json,
-}
-
-/// An API key: never printed, and sent as sensitive metadata.
-#[derive(Clone)]
-pub struct ApiKey(String);
-
-impl fmt::Debug for ApiKey {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.write_str("ApiKey(<redacted>)")
-    }
-}
-
-impl FromStr for ApiKey {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let key = text.trim();
-        if key.is_empty() {
-            return Err("must not be empty".to_owned());
-        }
-        if !key.bytes().all(|byte| byte.is_ascii_graphic()) {
-            return Err("must be printable ASCII without spaces".to_owned());
-        }
-        Ok(Self(key.to_owned()))
-    }
-}
-
-/// A tenant must fit in metadata; the server checks the rest.
-fn parse_tenant(text: &str) -> Result<String, String> {
-    let tenant = text.trim();
-    if tenant.is_empty() {
-        return Err("must not be empty".to_owned());
-    }
-    if !tenant.bytes().all(|byte| byte.is_ascii_graphic()) {
-        return Err("must be printable ASCII without spaces".to_owned());
-    }
-    Ok(tenant.to_owned())
 }
 
 /// Runs `callstore ingest`; the exit status tells whether every record was stored.
@@ -653,47 +613,6 @@ fn read_lines(
     }
 }
 
-/// Adds the tenant (and the API key, when given) to every request.
-#[derive(Clone)]
-struct CallerMetadata {
-    tenant: AsciiMetadataValue,
-    authorization: Option<AsciiMetadataValue>,
-}
-
-impl CallerMetadata {
-    fn new(tenant: &str, api_key: Option<&ApiKey>) -> Result<Self, String> {
-        let tenant = AsciiMetadataValue::try_from(tenant)
-            .map_err(|_| "--tenant must be printable ASCII".to_owned())?;
-        let authorization = match api_key {
-            None => None,
-            Some(ApiKey(key)) => {
-                let mut value = AsciiMetadataValue::try_from(format!("Bearer {key}"))
-                    .map_err(|_| "--api-key must be printable ASCII".to_owned())?;
-                value.set_sensitive(true);
-                Some(value)
-            }
-        };
-        Ok(Self {
-            tenant,
-            authorization,
-        })
-    }
-}
-
-impl Interceptor for CallerMetadata {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        let metadata = request.metadata_mut();
-        metadata.insert(TENANT_HEADER, self.tenant.clone());
-        if let Some(authorization) = &self.authorization {
-            metadata.insert("authorization", authorization.clone());
-        }
-        Ok(request)
-    }
-}
-
 /// Why a whole file was not (entirely) ingested.
 #[derive(Debug)]
 enum FileError {
@@ -763,29 +682,6 @@ impl FileError {
                     .collect()
             })
             .unwrap_or_default()
-    }
-}
-
-/// The upper-case name of a gRPC code, as in the protos (`INVALID_ARGUMENT`).
-fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 

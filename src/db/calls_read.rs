@@ -221,7 +221,11 @@ const SELECT_CALLS: &str = concat!(
     " FROM calls c WHERE c.tenant_id = $1 AND c.id = ANY($2)"
 );
 
-const SELECT_TURNS: &str = "SELECT t.call_id, t.sequence, t.speaker, t.text, t.time,
+/// Every column of `turns` that the API shows (`t`), with the ids of the tags each turn hit;
+/// `$1` is the tenant.
+macro_rules! turn_columns {
+    () => {
+        "t.call_id, t.sequence, t.speaker, t.text, t.time,
         t.start_offset_ms, t.end_offset_ms, t.speak_ms, t.play_ms, t.node_id, t.node_name,
         t.node_class, t.node_type, t.trigger_title, t.matched_keyword, t.jump_type, t.match_type,
         t.score_delta, t.label, t.audio_file, t.audio_pieces, t.asr_engine, t.asr_latency_ms,
@@ -229,23 +233,55 @@ const SELECT_TURNS: &str = "SELECT t.call_id, t.sequence, t.speaker, t.text, t.t
         t.extra,
         ARRAY(SELECT tt.tag_id FROM turn_tags tt
               WHERE tt.tenant_id = $1 AND tt.call_id = t.call_id AND tt.sequence = t.sequence
-              ORDER BY tt.tag_id) AS tag_ids
-    FROM turns t
+              ORDER BY tt.tag_id) AS tag_ids"
+    };
+}
+
+const SELECT_TURNS: &str = concat!(
+    "SELECT ",
+    turn_columns!(),
+    " FROM turns t
     WHERE t.tenant_id = $1 AND t.call_id = ANY($2)
-    ORDER BY t.call_id, t.sequence";
+    ORDER BY t.call_id, t.sequence"
+);
+
+/// Given turns by (call, sequence) pairs, `$2` and `$3` zipped.
+const SELECT_TURNS_AT: &str = concat!(
+    "SELECT ",
+    turn_columns!(),
+    " FROM turns t
+    JOIN unnest($2::uuid[], $3::integer[]) AS wanted (call_id, sequence)
+      ON t.call_id = wanted.call_id AND t.sequence = wanted.sequence
+    WHERE t.tenant_id = $1
+    ORDER BY t.call_id, t.sequence"
+);
+
+macro_rules! quality_columns {
+    () => {
+        "q.id, q.tenant_id, q.call_id, q.source, q.version, q.source_format, q.status, q.score,
+        q.rule_set_id, q.rule_set_version, q.violation_count, q.details, q.extra, q.create_time"
+    };
+}
+
+const SELECT_QUALITY_BY_IDS: &str = concat!(
+    "SELECT ",
+    quality_columns!(),
+    " FROM quality_results q WHERE q.tenant_id = $1 AND q.id = ANY($2)"
+);
 
 /// The latest result of each call: the highest version of each source (computed, imported),
 /// then of those the one stored last (a tie in time goes to the higher source number).
-const SELECT_QUALITY: &str = "SELECT DISTINCT ON (q.call_id)
-        q.id, q.tenant_id, q.call_id, q.source, q.version, q.source_format, q.status, q.score,
-        q.rule_set_id, q.rule_set_version, q.violation_count, q.details, q.extra, q.create_time
-    FROM (
+const SELECT_QUALITY: &str = concat!(
+    "SELECT DISTINCT ON (q.call_id) ",
+    quality_columns!(),
+    " FROM (
         SELECT DISTINCT ON (call_id, source) *
         FROM quality_results
         WHERE tenant_id = $1 AND call_id = ANY($2)
         ORDER BY call_id, source, version DESC
     ) q
-    ORDER BY q.call_id, q.create_time DESC, q.source DESC";
+    ORDER BY q.call_id, q.create_time DESC, q.source DESC"
+);
 
 /// The calls `ids` of `tenant`, in the order of `ids`; ids that do not exist (or belong to
 /// another tenant) are left out, as are repeats. A bounded number of statements whatever the
@@ -288,6 +324,60 @@ pub async fn load_calls(
             Ok(reads)
         }
     }
+}
+
+/// Like [`load_calls`] with the Basic or Full embed, on a connection the caller holds (inside
+/// its transaction, say). Detail is read as Full.
+pub async fn load_calls_on(
+    connection: &mut PgConnection,
+    tenant: &TenantId,
+    ids: &[Uuid],
+    embed: CallEmbed,
+) -> Result<Vec<CallRead>, DbError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = fetch_rows(&mut *connection, tenant, ids).await?;
+    let calls = in_order(rows, ids);
+    match embed {
+        CallEmbed::Basic => Ok(calls.into_iter().map(CallRead::basic).collect()),
+        CallEmbed::Full | CallEmbed::Detail => embed_full(connection, tenant, calls).await,
+    }
+}
+
+/// The turns at the given (call, sequence) pairs, in call and sequence order; pairs without a
+/// turn are left out.
+pub async fn load_turns_at(
+    connection: &mut PgConnection,
+    tenant: &TenantId,
+    keys: &[(Uuid, i32)],
+) -> Result<Vec<TurnRow>, DbError> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (calls, sequences): (Vec<Uuid>, Vec<i32>) = keys.iter().copied().unzip();
+    Ok(sqlx::query_as(SELECT_TURNS_AT)
+        .bind(tenant.as_str())
+        .bind(calls)
+        .bind(sequences)
+        .fetch_all(connection)
+        .await?)
+}
+
+/// The quality results with the given ids, in no particular order.
+pub async fn load_quality_by_ids(
+    connection: &mut PgConnection,
+    tenant: &TenantId,
+    ids: &[Uuid],
+) -> Result<Vec<QualityRow>, DbError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(sqlx::query_as(SELECT_QUALITY_BY_IDS)
+        .bind(tenant.as_str())
+        .bind(ids)
+        .fetch_all(connection)
+        .await?)
 }
 
 async fn fetch_rows<'connection>(

@@ -6,6 +6,7 @@ pub mod calls_list;
 pub mod calls_read;
 pub mod catalog;
 pub mod catalog_read;
+pub mod feed;
 pub mod live;
 pub mod numbers;
 pub mod quality;
@@ -147,6 +148,9 @@ pub fn translate(error: sqlx::Error) -> DbError {
 pub struct PoolSettings {
     pub max_connections: u32,
     pub acquire_timeout: Duration,
+    /// Sessions idle in a transaction this long are ended by the server
+    /// (`idle_in_transaction_session_timeout`).
+    pub idle_in_transaction_timeout: Duration,
 }
 
 /// A pool that connects on first use, so the server can start (and report NOT_SERVING) while
@@ -164,13 +168,22 @@ pub struct PoolSettings {
 /// are pages of a few dozen rows, for which starting workers costs more than the scan (a
 /// transcript-filtered page of a 1,000,000-call task: 22 ms with two workers, 1.2 ms without),
 /// and under concurrent requests the workers only take cores from the other requests.
+///
+/// A session left idle inside a transaction is ended after `idle_in_transaction_timeout`: an
+/// open transaction holds back the feed's watermark, so every WatchCalls stream waits for it.
 pub fn lazy_pool(options: PgConnectOptions, settings: &PoolSettings) -> PgPool {
+    let idle_ms = settings
+        .idle_in_transaction_timeout
+        .as_millis()
+        .max(1)
+        .to_string();
     PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout)
         .connect_lazy_with(options.application_name("callstore").options([
             ("plan_cache_mode", "force_custom_plan"),
             ("max_parallel_workers_per_gather", "0"),
+            ("idle_in_transaction_session_timeout", idle_ms.as_str()),
         ]))
 }
 

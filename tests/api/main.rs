@@ -6,6 +6,7 @@ mod helpers;
 
 mod batching;
 mod cli_ingest;
+mod cli_watch;
 mod embedded_database;
 mod health;
 mod ingest;
@@ -19,4 +20,6 @@ mod reflection;
 mod shutdown;
 mod unimplemented;
 mod upsert;
+mod watch;
+mod watch_delivery;
 mod webhook;

@@ -50,6 +50,7 @@ async fn migrations_apply_to_an_empty_database_and_are_idempotent() {
             "call_transcripts",
             "calls",
             "feed_events",
+            "feed_horizons",
             "levels",
             "quality_results",
             "tag_group_members",

@@ -1,8 +1,7 @@
 use tonic::Code;
 
 use callstore::proto::quality_service_client::QualityServiceClient;
-use callstore::proto::watch_service_client::WatchServiceClient;
-use callstore::proto::{GetQualityRequest, ListRuleSetsRequest, WatchCallsRequest};
+use callstore::proto::{GetQualityRequest, ListRuleSetsRequest};
 
 use crate::helpers::spawn_app;
 
@@ -15,16 +14,12 @@ async fn rpcs_not_implemented_yet_answer_unimplemented() {
         .list_rule_sets(ListRuleSetsRequest::default())
         .await
         .expect_err("not implemented yet");
-    let watch = WatchServiceClient::new(channel.clone())
-        .watch_calls(WatchCallsRequest::default())
-        .await
-        .expect_err("not implemented yet");
     let quality = QualityServiceClient::new(channel)
         .get_quality(GetQualityRequest::default())
         .await
         .expect_err("not implemented yet");
 
-    for status in [rule_sets, watch, quality] {
+    for status in [rule_sets, quality] {
         assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
         assert!(
             status

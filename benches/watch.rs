@@ -1,0 +1,2 @@
+//! Placeholder: the watch benchmark is being written.
+fn main() {}
