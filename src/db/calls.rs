@@ -218,12 +218,14 @@ static UPSERT_SQL: LazyLock<String> = LazyLock::new(|| {
              SELECT * FROM json_populate_recordset(NULL::calls, $2::json)
          ),
          upserted AS (
-             INSERT INTO calls AS c (tenant_id, {columns})
-             SELECT $1, {columns} FROM input
+             INSERT INTO calls AS c (tenant_id, feed_tx, {columns})
+             SELECT $1, pg_current_xact_id(), {columns} FROM input
              ON CONFLICT (tenant_id, source_system, source_call_id) DO UPDATE
-             SET {updates}, version = c.version + 1, update_time = now()
+             SET {updates}, version = c.version + 1, update_time = now(),
+                 -- The feed's ordering key: never before the call's previous event.
+                 feed_tx = greatest(c.feed_tx, pg_current_xact_id())
              WHERE c.content_hash IS DISTINCT FROM EXCLUDED.content_hash
-             RETURNING c.id, c.version, c.task_id, c.state, (c.xmax = 0) AS inserted,
+             RETURNING c.id, c.version, c.task_id, c.state, c.feed_tx, (c.xmax = 0) AS inserted,
                        c.source_system, c.source_call_id,
                        -- The statement's snapshot: the state before this upsert.
                        (SELECT p.state FROM calls p
@@ -231,8 +233,8 @@ static UPSERT_SQL: LazyLock<String> = LazyLock::new(|| {
                           AND p.source_call_id = c.source_call_id) AS previous_state
          ),
          events AS (
-             INSERT INTO feed_events (tenant_id, kind, call_id, call_version, task_id)
-             SELECT $1,
+             INSERT INTO feed_events (tenant_id, tx_id, kind, call_id, call_version, task_id)
+             SELECT $1, u.feed_tx,
                     CASE WHEN u.inserted THEN $3::smallint
                          WHEN u.previous_state = $6::smallint AND u.state = $7::smallint
                          THEN $5::smallint

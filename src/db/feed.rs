@@ -19,7 +19,11 @@ use crate::feed::cursor::{Position, SeenBySnapshot};
 /// One row of `feed_events`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FeedRow {
+    /// Where the row sorts: its `tx_id` (an ordering key, at least its writer's transaction id)
+    /// and `id`.
     pub position: Position,
+    /// The transaction that wrote the row.
+    pub writer_tx: u64,
     pub kind: i16,
     pub call_id: Uuid,
     pub call_version: i64,
@@ -61,6 +65,7 @@ struct PageRow {
     held_back: bool,
     id: Option<i64>,
     tx_id: Option<String>,
+    writer_tx: Option<String>,
     kind: Option<i16>,
     call_id: Option<Uuid>,
     call_version: Option<i64>,
@@ -79,7 +84,7 @@ const READ_PAGE: &str = "
            EXISTS (SELECT 1 FROM feed_events b
                    WHERE b.tenant_id = $1 AND b.tx_id >= w.xmin
                      AND (b.tx_id, b.id) > ($2::text::xid8, $3)) AS held_back,
-           f.id, f.tx_id::text AS tx_id, f.kind, f.call_id, f.call_version, f.task_id,
+           f.id, f.tx_id::text AS tx_id, f.writer_tx::text AS writer_tx, f.kind, f.call_id, f.call_version, f.task_id,
            f.turn_sequence, f.quality_id, f.create_time
     FROM w
     LEFT JOIN feed_horizons h ON h.tenant_id = $1
@@ -125,14 +130,24 @@ pub async fn read_page(
     let held_back = first.held_back;
     let mut events = Vec::with_capacity(rows.len());
     for row in rows {
-        let (Some(id), Some(tx), Some(kind), Some(call_id), Some(call_version), Some(time)) = (
+        let (
+            Some(id),
+            Some(tx),
+            Some(writer_tx),
+            Some(kind),
+            Some(call_id),
+            Some(call_version),
+            Some(time),
+        ) = (
             row.id,
             row.tx_id.as_deref(),
+            row.writer_tx.as_deref(),
             row.kind,
             row.call_id,
             row.call_version,
             row.create_time,
-        ) else {
+        )
+        else {
             continue;
         };
         events.push(FeedRow {
@@ -140,6 +155,7 @@ pub async fn read_page(
                 tx: parse_xid(tx)?,
                 id,
             },
+            writer_tx: parse_xid(writer_tx)?,
             kind,
             call_id,
             call_version,

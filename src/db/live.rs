@@ -316,18 +316,24 @@ async fn try_append_turns(
 
     insert_turns(&mut transaction, tenant, call.id, new, &[]).await?;
     appended.turn_count = i32::try_from(total).unwrap_or(i32::MAX);
-    sqlx::query(
-        "UPDATE calls SET turn_count = $3, update_time = now() WHERE tenant_id = $1 AND id = $2",
+    // The feed's ordering key: never before the call's previous event (see the migration
+    // `feed_order_key`).
+    let feed_tx: String = sqlx::query_scalar(
+        "UPDATE calls SET turn_count = $3, update_time = now(),
+                          feed_tx = greatest(feed_tx, pg_current_xact_id())
+         WHERE tenant_id = $1 AND id = $2
+         RETURNING feed_tx::text",
     )
     .bind(tenant.as_str())
     .bind(call.id)
     .bind(appended.turn_count)
-    .execute(&mut *transaction)
+    .fetch_one(&mut *transaction)
     .await?;
     let sequences: Vec<i32> = new.iter().map(|turn| turn.sequence).collect();
     sqlx::query(
-        "INSERT INTO feed_events (tenant_id, kind, call_id, call_version, task_id, turn_sequence)
-         SELECT $1, $2, $3, $4, $5, appended.sequence
+        "INSERT INTO feed_events
+             (tenant_id, kind, call_id, call_version, task_id, turn_sequence, tx_id)
+         SELECT $1, $2, $3, $4, $5, appended.sequence, $7::text::xid8
          FROM unnest($6::integer[]) WITH ORDINALITY AS appended (sequence, position)
          ORDER BY appended.position",
     )
@@ -337,6 +343,7 @@ async fn try_append_turns(
     .bind(call.version)
     .bind(call.task_id)
     .bind(sequences)
+    .bind(feed_tx)
     .execute(&mut *transaction)
     .await?;
     transaction.commit().await?;

@@ -70,7 +70,10 @@ impl SeenBySnapshot {
         tx < self.xmin || (tx < self.xmax && !self.xip.contains(&tx))
     }
 
-    /// Whether events at `position` and after can still be ones the snapshot saw.
+    /// Whether events at `position` and after can still be ones the snapshot saw. An event's
+    /// ordering key is at least its writer's id, and above it only when the writer waited for a
+    /// transaction that got its id later: one the snapshot cannot have seen, nor then the
+    /// writer. So past `xmax` in key order nothing was seen.
     pub fn matters_after(&self, position: Position) -> bool {
         position.tx < self.xmax
     }
@@ -105,11 +108,11 @@ impl Cursor {
         }
     }
 
-    /// Whether an event of transaction `tx` is one the snapshot already showed.
-    pub fn already_seen(&self, tx: u64) -> bool {
+    /// Whether an event written by transaction `writer_tx` is one the snapshot already showed.
+    pub fn already_seen(&self, writer_tx: u64) -> bool {
         self.snapshot
             .as_ref()
-            .is_some_and(|snapshot| snapshot.saw(tx))
+            .is_some_and(|snapshot| snapshot.saw(writer_tx))
     }
 
     pub fn encode(&self, tenant: &TenantId) -> String {

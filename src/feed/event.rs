@@ -44,6 +44,8 @@ impl CallFacts {
 #[derive(Debug)]
 pub struct Event {
     pub position: Position,
+    /// The transaction that wrote the event (a snapshot may have seen it).
+    pub writer_tx: u64,
     pub kind: i16,
     pub task_id: Option<Uuid>,
     /// `None` when the call cannot be read (it never is deleted, so only in a damaged store).
@@ -140,6 +142,7 @@ pub async fn load(
             let quality = row.quality_id.and_then(|id| quality.remove(&id));
             Arc::new(Event {
                 position: row.position,
+                writer_tx: row.writer_tx,
                 kind: row.kind,
                 task_id: row.task_id,
                 facts: read.map(|read| CallFacts::of(&read.call)),
@@ -233,6 +236,7 @@ mod tests {
     fn event(kind: i16, task_id: Option<Uuid>, facts: Option<CallFacts>) -> Event {
         Event {
             position: Position { tx: 10, id: 1 },
+            writer_tx: 10,
             kind,
             task_id,
             facts,

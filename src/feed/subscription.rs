@@ -302,7 +302,7 @@ impl Task {
         if event.position <= cursor.position {
             return Ok(());
         }
-        let seen = cursor.already_seen(event.position.tx);
+        let seen = cursor.already_seen(event.writer_tx);
         cursor.advance(event.position);
         if seen || !self.request.filter.matches(event) {
             return Ok(());

@@ -595,3 +595,101 @@ async fn a_consumer_stuck_beyond_the_deadline_is_ended_with_a_retryable_status()
     assert!(rest.is_none(), "the resumed stream failed: {rest:?}");
     assert_eq!(received, feed, "everything, once, in feed order");
 }
+
+/// Two transactions racing to change one call: the one that took its transaction id first (it
+/// wrote something else) waits for the other's lock on the call and changes it second. The
+/// stream still sends the two changes in the order they were made: created (version 1), then
+/// updated (version 2), though the second writer's transaction id is the smaller.
+#[tokio::test]
+async fn changes_of_one_call_come_in_the_order_they_were_made() {
+    let app = spawn_app().await;
+    let pool = app.pool().await;
+    let tenant = TenantId::parse(TENANT).expect("a tenant id");
+    let mut client = watch_client(&app).await;
+    let mut stream = watch(&mut client, TENANT, from_now()).await;
+
+    // The second writer takes its transaction id first.
+    let mut second = app.database.connect().await.expect("connects");
+    sqlx::query("BEGIN")
+        .execute(&mut second)
+        .await
+        .expect("begins");
+    let second_xid: String = sqlx::query_scalar("SELECT pg_current_xact_id()::text")
+        .fetch_one(&mut second)
+        .await
+        .expect("takes a transaction id");
+
+    // The first writer creates the call and holds it.
+    let mut first = app.database.connect().await.expect("connects");
+    sqlx::query("BEGIN")
+        .execute(&mut first)
+        .await
+        .expect("begins");
+    let created =
+        call_from_proto(call("raced"), "calls[0]", &CallLimits::default()).expect("a valid call");
+    callstore::db::calls::store_calls(&mut first, &tenant, &[&created])
+        .await
+        .expect("stores the call");
+    let first_xid: String = sqlx::query_scalar("SELECT pg_current_xact_id()::text")
+        .fetch_one(&mut first)
+        .await
+        .expect("reads its transaction id");
+    assert!(
+        second_xid.parse::<u64>().expect("a number") < first_xid.parse::<u64>().expect("a number"),
+        "the second writer's id is the smaller"
+    );
+
+    // The second writer changes the same call: it waits for the first's lock.
+    let updated = call_from_proto(
+        changed(&call("raced"), 1),
+        "calls[0]",
+        &CallLimits::default(),
+    )
+    .expect("a valid call");
+    let waiting = tokio::spawn(async move {
+        callstore::db::calls::store_calls(&mut second, &tenant, &[&updated])
+            .await
+            .expect("stores the change");
+        sqlx::query("COMMIT")
+            .execute(&mut second)
+            .await
+            .expect("commits");
+    });
+    // Until the second writer is blocked on the call's lock, the first must not commit.
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            let blocked: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                                WHERE datname = current_database() AND wait_event_type = 'Lock')",
+            )
+            .fetch_one(&pool)
+            .await
+            .expect("reads the locks");
+            if blocked {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the second writer waits for the first");
+    sqlx::query("COMMIT")
+        .execute(&mut first)
+        .await
+        .expect("commits");
+    waiting.await.expect("the second writer finishes");
+
+    let events = events_of(&collect_events(&mut stream, 2).await);
+    let versions: Vec<(CallEventKind, i64)> = events
+        .iter()
+        .map(|event| (event.kind, event.call_version))
+        .collect();
+    assert_eq!(
+        versions,
+        [
+            (CallEventKind::CallCreated, 1),
+            (CallEventKind::CallUpdated, 2)
+        ]
+    );
+    assert_eq!(events, feed_order(&pool, TENANT).await, "the feed's order");
+}
