@@ -142,9 +142,7 @@ impl Application {
             .add_service(proto::query_service_server::QueryServiceServer::new(
                 api::query::QueryApi::new(pool.clone()),
             ))
-            .add_service(proto::watch_service_server::WatchServiceServer::new(
-                api::watch::WatchApi::new(hub),
-            ))
+            .add_service(api::watch::WatchApi::new(hub))
             .add_service(proto::quality_service_server::QualityServiceServer::new(
                 api::quality::QualityApi,
             ));

@@ -3,7 +3,14 @@
 
 use std::time::Duration;
 
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
+use futures::future::BoxFuture;
+use tonic::server::{NamedService, ServerStreamingService};
 use tonic::{Request, Response, Status};
+use tower::Service;
+use tracing::Instrument as _;
 
 use crate::api::convert_read::call_embed;
 use crate::api::query_calls::Check;
@@ -14,8 +21,8 @@ use crate::feed::Hub;
 use crate::feed::cursor::Cursor;
 use crate::feed::event::WatchFilter;
 use crate::feed::subscription::{self, Start, WatchRequest, WatchStream};
+use crate::feed::wire::{Outgoing, WatchCodec};
 use crate::proto::watch_calls_request::Start as ProtoStart;
-use crate::proto::watch_service_server::WatchService;
 use crate::proto::{CallEventKind, CallOutcome, WatchCallsRequest};
 
 /// Shortest and longest heartbeat interval a request may ask for.
@@ -23,6 +30,11 @@ const HEARTBEAT_RANGE: (Duration, Duration) =
     (Duration::from_millis(100), Duration::from_secs(3600));
 
 /// Implements `callstore.v1.WatchService` over the replica's feed hub.
+///
+/// Served by hand rather than through the generated server: the generated one encodes every
+/// message with prost, once per stream, while the tailer has already encoded each event once for
+/// all streams ([`WatchCodec`] writes those bytes as they are). The routing and the status
+/// handling are tonic's own (`tonic::server::Grpc`), as in the generated code.
 #[derive(Clone)]
 pub struct WatchApi {
     hub: Hub,
@@ -32,11 +44,7 @@ impl WatchApi {
     pub fn new(hub: Hub) -> Self {
         Self { hub }
     }
-}
 
-#[tonic::async_trait]
-impl WatchService for WatchApi {
-    #[tracing::instrument(skip_all, fields(tenant))]
     async fn watch_calls(
         &self,
         request: Request<WatchCallsRequest>,
@@ -50,6 +58,56 @@ impl WatchService for WatchApi {
         )?;
         let stream = subscription::watch(&self.hub, request).await?;
         Ok(Response::new(stream))
+    }
+}
+
+/// The path of the one RPC.
+const WATCH_CALLS: &str = "/callstore.v1.WatchService/WatchCalls";
+
+impl NamedService for WatchApi {
+    const NAME: &'static str = "callstore.v1.WatchService";
+}
+
+impl<B> Service<http::Request<B>> for WatchApi
+where
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _context: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != WATCH_CALLS {
+            return Box::pin(async { Ok(Status::unimplemented("").into_http()) });
+        }
+        let method = WatchCalls(self.clone());
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(WatchCodec);
+            Ok(grpc.server_streaming(method, request).await)
+        })
+    }
+}
+
+struct WatchCalls(WatchApi);
+
+impl ServerStreamingService<WatchCallsRequest> for WatchCalls {
+    type Response = Outgoing;
+    type ResponseStream = WatchStream;
+    type Future = BoxFuture<'static, Result<Response<WatchStream>, Status>>;
+
+    fn call(&mut self, request: Request<WatchCallsRequest>) -> Self::Future {
+        let api = self.0.clone();
+        Box::pin(
+            async move { api.watch_calls(request).await }.instrument(tracing::info_span!(
+                "watch_calls",
+                tenant = tracing::field::Empty
+            )),
+        )
     }
 }
 

@@ -7,6 +7,8 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
+use bytes::Bytes;
+use prost::Message as _;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -18,6 +20,7 @@ use crate::db::feed::{FeedRow, FeedSelection, SnapshotFilter};
 use crate::domain::TenantId;
 use crate::domain::call_query::Range;
 use crate::feed::cursor::{Cursor, Position};
+use crate::feed::wire::Outgoing;
 use crate::proto;
 
 /// What the filter looks at of a call, as read when the event is sent.
@@ -50,28 +53,51 @@ pub struct Event {
     pub task_id: Option<Uuid>,
     /// `None` when the call cannot be read (it never is deleted, so only in a damaged store).
     pub facts: Option<CallFacts>,
-    /// The message in the FULL view, its cursor that of a stream without a snapshot.
-    pub message: proto::WatchCallsResponse,
+    /// The message encoded in the FULL view, and in BASIC, with `cursor`.
+    pub full: Bytes,
+    pub basic: Bytes,
+    /// The cursor after the event, for a stream without a snapshot to skip.
+    pub cursor: Arc<str>,
 }
 
 impl Event {
+    fn new(row: &FeedRow, facts: Option<CallFacts>, message: proto::WatchCallsResponse) -> Self {
+        let full = Bytes::from(message.encode_to_vec());
+        let basic = match &message.call {
+            Some(call) if !call.tags.is_empty() || call.level.is_some() => {
+                let mut basic = message.clone();
+                if let Some(call) = basic.call.as_mut() {
+                    to_basic(call);
+                }
+                Bytes::from(basic.encode_to_vec())
+            }
+            // Nothing for BASIC to leave out: the same bytes.
+            _ => full.clone(),
+        };
+        Self {
+            position: row.position,
+            writer_tx: row.writer_tx,
+            kind: row.kind,
+            task_id: row.task_id,
+            facts,
+            full,
+            basic,
+            cursor: Arc::from(message.cursor.as_str()),
+        }
+    }
+
     /// The message for a stream: the view it asked for, and its own cursor when it carries a
     /// snapshot.
-    pub fn message_for(
-        &self,
-        view: CallEmbed,
-        cursor: Option<String>,
-    ) -> proto::WatchCallsResponse {
-        let mut message = self.message.clone();
-        if view == CallEmbed::Basic
-            && let Some(call) = message.call.as_mut()
-        {
-            to_basic(call);
+    pub fn message_for(&self, view: CallEmbed, cursor: Option<String>) -> Outgoing {
+        let body = match view {
+            CallEmbed::Basic => self.basic.clone(),
+            CallEmbed::Full | CallEmbed::Detail => self.full.clone(),
+        };
+        let outgoing = Outgoing::shared(body, self.cursor.clone());
+        match cursor {
+            Some(cursor) => outgoing.with_cursor(Arc::from(cursor)),
+            None => outgoing,
         }
-        if let Some(cursor) = cursor {
-            message.cursor = cursor;
-        }
-        message
     }
 }
 
@@ -140,13 +166,11 @@ pub async fn load(
                 .turn_sequence
                 .and_then(|sequence| turns.remove(&(row.call_id, sequence)));
             let quality = row.quality_id.and_then(|id| quality.remove(&id));
-            Arc::new(Event {
-                position: row.position,
-                writer_tx: row.writer_tx,
-                kind: row.kind,
-                task_id: row.task_id,
-                facts: read.map(|read| CallFacts::of(&read.call)),
-                message: proto::WatchCallsResponse {
+            let facts = read.map(|read| CallFacts::of(&read.call));
+            Arc::new(Event::new(
+                &row,
+                facts,
+                proto::WatchCallsResponse {
                     kind: i32::from(row.kind),
                     cursor: Cursor::at(row.position).encode(tenant),
                     call,
@@ -156,7 +180,7 @@ pub async fn load(
                     call_version: row.call_version,
                     event_time: Some(utc_to_timestamp(row.create_time)),
                 },
-            })
+            ))
         })
         .collect())
 }
@@ -234,14 +258,18 @@ mod tests {
     use super::*;
 
     fn event(kind: i16, task_id: Option<Uuid>, facts: Option<CallFacts>) -> Event {
-        Event {
+        let row = FeedRow {
             position: Position { tx: 10, id: 1 },
             writer_tx: 10,
             kind,
+            call_id: Uuid::now_v7(),
+            call_version: 1,
             task_id,
-            facts,
-            message: proto::WatchCallsResponse::default(),
-        }
+            turn_sequence: None,
+            quality_id: None,
+            create_time: chrono::Utc::now(),
+        };
+        Event::new(&row, facts, proto::WatchCallsResponse::default())
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod event;
 pub mod hub;
 pub mod prune;
 pub mod subscription;
+pub mod wire;
 
 use std::time::Duration;
 

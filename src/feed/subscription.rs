@@ -26,6 +26,7 @@ use crate::error::ApiError;
 use crate::feed::cursor::{Cursor, Position};
 use crate::feed::event::{self, Event, WatchFilter, to_basic};
 use crate::feed::hub::{Batch, Hub};
+use crate::feed::wire::Outgoing;
 use crate::proto::{CallEventKind, WatchCallsResponse};
 
 /// Rows a stream reads from the database at once while it catches up.
@@ -64,7 +65,7 @@ enum End {
 }
 
 /// The response stream of one WatchCalls call.
-pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchCallsResponse, Status>> + Send>>;
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<Outgoing, Status>> + Send>>;
 
 /// Checks where the request starts, then starts the stream's task. A cursor of this tenant
 /// that this database cannot have written, or one older than retention, is refused here, before
@@ -135,7 +136,7 @@ pub async fn watch(hub: &Hub, request: WatchRequest) -> Result<WatchStream, ApiE
         received,
         end: Some(end),
         pending_end: None,
-        last_cursor: first_cursor,
+        last_cursor: Arc::from(first_cursor),
         expired_message,
         done: false,
     }))
@@ -158,8 +159,7 @@ struct Task {
     /// Where the stream starts: after this cursor, or (`None`) with a snapshot.
     begin: Option<Cursor>,
     request: WatchRequest,
-    /// Boxed, so an idle stream's queue costs a pointer a slot, not a whole record.
-    messages: mpsc::Sender<Box<WatchCallsResponse>>,
+    messages: mpsc::Sender<Outgoing>,
     heartbeat_interval: Duration,
     last_sent: Instant,
 }
@@ -316,21 +316,17 @@ impl Task {
     }
 
     async fn send_heartbeat(&mut self, cursor: &Cursor) -> Result<(), Option<Ending>> {
-        self.send(WatchCallsResponse {
+        self.send(Outgoing::encode(&WatchCallsResponse {
             kind: CallEventKind::Heartbeat as i32,
             cursor: cursor.encode(&self.request.tenant),
             ..WatchCallsResponse::default()
-        })
+        }))
         .await
     }
 
-    async fn send(&mut self, message: WatchCallsResponse) -> Result<(), Option<Ending>> {
+    async fn send(&mut self, message: Outgoing) -> Result<(), Option<Ending>> {
         let stuck_timeout = self.hub.settings().stuck_timeout;
-        match self
-            .messages
-            .send_timeout(Box::new(message), stuck_timeout)
-            .await
-        {
+        match self.messages.send_timeout(message, stuck_timeout).await {
             Ok(()) => {
                 self.last_sent = Instant::now();
                 Ok(())
@@ -384,7 +380,7 @@ impl Task {
                     call_version,
                     ..WatchCallsResponse::default()
                 };
-                match self.send(message).await {
+                match self.send(Outgoing::encode(&message)).await {
                     Ok(()) => {}
                     Err(None) => return Ok(None),
                     Err(Some(end)) => return Err(end),
@@ -409,7 +405,7 @@ impl Task {
             cursor: cursor_after.encode(&self.request.tenant),
             ..WatchCallsResponse::default()
         };
-        match self.send(complete).await {
+        match self.send(Outgoing::encode(&complete)).await {
             Ok(()) => Ok(Some(cursor_after)),
             Err(None) => Ok(None),
             Err(Some(end)) => Err(end),
@@ -420,10 +416,10 @@ impl Task {
 /// Carries the task's messages, then its end as a status with the last cursor this stream
 /// handed out, so the client can resume from it.
 struct ResponseStream {
-    received: mpsc::Receiver<Box<WatchCallsResponse>>,
+    received: mpsc::Receiver<Outgoing>,
     end: Option<oneshot::Receiver<Ending>>,
     pending_end: Option<End>,
-    last_cursor: String,
+    last_cursor: Arc<str>,
     expired_message: String,
     done: bool,
 }
@@ -435,12 +431,12 @@ impl ResponseStream {
                 reason: "SHUTTING_DOWN",
                 message: "the server is shutting down; resume from the cursor on another replica"
                     .to_owned(),
-                cursor: self.last_cursor.clone(),
+                cursor: self.last_cursor.to_string(),
             },
             End::SlowConsumer => ApiError::StreamEnded {
                 reason: "SLOW_CONSUMER",
                 message: "the stream was not read for too long; resume from the cursor".to_owned(),
-                cursor: self.last_cursor.clone(),
+                cursor: self.last_cursor.to_string(),
             },
             End::Expired => ApiError::CursorExpired(self.expired_message.clone()),
             End::Failed(error) => ApiError::from(error),
@@ -448,14 +444,14 @@ impl ResponseStream {
         Status::from(error)
     }
 
-    fn finish(&mut self, end: End) -> Poll<Option<Result<WatchCallsResponse, Status>>> {
+    fn finish(&mut self, end: End) -> Poll<Option<Result<Outgoing, Status>>> {
         self.done = true;
         Poll::Ready(Some(Err(self.status(end))))
     }
 }
 
 impl Stream for ResponseStream {
-    type Item = Result<WatchCallsResponse, Status>;
+    type Item = Result<Outgoing, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.done {
@@ -476,10 +472,10 @@ impl Stream for ResponseStream {
         }
         match self.received.poll_recv(context) {
             Poll::Ready(Some(message)) => {
-                if !message.cursor.is_empty() {
-                    self.last_cursor.clone_from(&message.cursor);
+                if !message.cursor().is_empty() {
+                    self.last_cursor = message.cursor().clone();
                 }
-                Poll::Ready(Some(Ok(*message)))
+                Poll::Ready(Some(Ok(message)))
             }
             Poll::Ready(None) => {
                 // The task sends its end before it drops its sender.
