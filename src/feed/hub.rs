@@ -35,8 +35,11 @@ pub const CHANNEL: &str = "callstore_feed";
 
 /// Rows the tailer reads at once.
 const BATCH_ROWS: usize = 500;
-/// The first re-read of a held-back tenant; it doubles up to `poll_interval`.
-const HELD_BACK_FIRST_RETRY: Duration = Duration::from_millis(2);
+/// The first re-read of a held-back tenant; it doubles up to `HELD_BACK_LAST_RETRY`. The
+/// transaction holding the watermark may write no events (the statistics compactor, a catalog
+/// upsert) and so never notify its end: only these re-reads see it, so they stay frequent.
+const HELD_BACK_FIRST_RETRY: Duration = Duration::from_millis(1);
+const HELD_BACK_LAST_RETRY: Duration = Duration::from_millis(16);
 /// Notifications that may wait for the tailer; beyond them it reads every tenant.
 const WAKE_QUEUE: usize = 4096;
 
@@ -260,7 +263,7 @@ async fn tail(inner: Arc<Inner>, mut woken: mpsc::Receiver<Wake>) {
                     let delay = retries
                         .get(&tenant)
                         .map_or(HELD_BACK_FIRST_RETRY, |(_, delay)| {
-                            (*delay * 2).min(poll_interval)
+                            (*delay * 2).min(HELD_BACK_LAST_RETRY)
                         });
                     retries.insert(tenant, (Instant::now() + delay, delay));
                 }
