@@ -34,6 +34,7 @@ use tonic::transport::Channel;
 
 use support::cpu::{CpuSnapshot, CpuSplit};
 use support::generator::{BENCH_TENANT, Generator, GeneratorConfig, check_invariants};
+use support::header::RunHeader;
 use support::report::{
     Table, bytes, latency_summary, per_second, rate, seconds, thousands, verdict,
 };
@@ -280,30 +281,8 @@ fn sanity_check(generator: &Generator) -> anyhow::Result<()> {
 
 async fn print_header(bench: &Bench) -> anyhow::Result<()> {
     let args = &bench.args;
-    let flags: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|arg| arg != "--bench")
-        .collect();
-    let command = if flags.is_empty() {
-        "cargo bench --bench ingest".to_owned()
-    } else {
-        format!("cargo bench --bench ingest -- {}", flags.join(" "))
-    };
-    let postgres = bench.databases.admin_scalar("SELECT version()").await?;
-    let synchronous_commit = bench
-        .databases
-        .admin_scalar("SELECT current_setting('synchronous_commit')")
-        .await?;
-    let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|line| line.starts_with("model name"))
-                .and_then(|line| line.split_once(':'))
-                .map(|(_, model)| model.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".to_owned());
+    let header = RunHeader::read("ingest", &bench.databases).await?;
+    let (cores, cpu_model) = (header.cores, &header.cpu_model);
     let ram = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|text| {
@@ -313,27 +292,13 @@ async fn print_header(bench: &Bench) -> anyhow::Result<()> {
                 .and_then(|kib| kib.parse::<u64>().ok())
         })
         .map_or_else(|| "unknown".to_owned(), |kib| bytes(kib * 1024));
-    let commit = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .ok()
-        .filter(|output| output.status.success())
-        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
-        .unwrap_or_else(|| "unknown".to_owned());
 
-    println!("# callstore ingest benchmark\n");
-    println!("- command: `{command}`");
+    header.print_intro("callstore ingest benchmark");
     println!(
         "- machine: {cores} CPUs (nproc), {cpu_model}, {ram} RAM, {}",
         std::env::consts::ARCH
     );
-    println!("- postgres: {postgres}; synchronous_commit={synchronous_commit}");
-    println!("- git commit: {commit} (uncommitted changes are not reflected in the hash)");
-    println!(
-        "- date: {}",
-        chrono::Local::now().format("%Y-%m-%d %H:%M:%S %:z")
-    );
+    header.print_provenance();
     println!("- server: `{}` (release)", server_binary().display());
     println!(
         "- data: seed {}, {} tasks, dial times over {} days, tenant `{BENCH_TENANT}`; batch {} calls, single {} calls",
@@ -1147,27 +1112,7 @@ fn cpu_rows(table: &mut Table, cpu: &CpuSplit) {
         "",
         "",
     );
-    table.row(
-        "of postgres+other: our postgres backends / postgres background / rest of machine",
-        format!(
-            "{:.2} / {:.2} / {:.2}",
-            cpu.postgres_ours, cpu.postgres_background, cpu.rest
-        ),
-        "",
-        "",
-    );
-    table.row(
-        "CPU-s per wall-s (machine)",
-        format!(
-            "{:.2} of {} cores ({:.2} CPU-s over {})",
-            cpu.cores_busy(),
-            std::thread::available_parallelism().map_or(0, usize::from),
-            cpu.machine,
-            seconds(cpu.wall)
-        ),
-        "",
-        "",
-    );
+    support::cpu::machine_rows(table, cpu);
 }
 
 fn describe_counts<K: std::fmt::Display, V: Copy + TryInto<u64>>(

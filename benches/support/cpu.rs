@@ -211,3 +211,29 @@ impl CpuSplit {
         if wall > 0.0 { self.machine / wall } else { 0.0 }
     }
 }
+
+/// The rows that split "postgres+other" and say how busy the machine was, under a bench's own
+/// CPU-s row.
+pub fn machine_rows(table: &mut crate::support::report::Table, cpu: &CpuSplit) {
+    table.row(
+        "of postgres+other: our postgres backends / postgres background / rest of machine",
+        format!(
+            "{:.2} / {:.2} / {:.2}",
+            cpu.postgres_ours, cpu.postgres_background, cpu.rest
+        ),
+        "",
+        "",
+    );
+    table.row(
+        "CPU-s per wall-s (machine)",
+        format!(
+            "{:.2} of {} cores ({:.2} CPU-s over {})",
+            cpu.cores_busy(),
+            std::thread::available_parallelism().map_or(0, usize::from),
+            cpu.machine,
+            crate::support::report::seconds(cpu.wall)
+        ),
+        "",
+        "",
+    );
+}

@@ -7,6 +7,7 @@
 
 pub mod cpu;
 pub mod generator;
+pub mod header;
 pub mod report;
 pub mod server;
 
