@@ -43,9 +43,6 @@ pub struct FeedPage {
     pub next: Position,
     /// The page is full: there may be more below the watermark.
     pub full: bool,
-    /// Committed rows wait above the watermark, held back by an older transaction still in
-    /// progress: read again soon.
-    pub held_back: bool,
     /// How far retention has pruned this tenant's feed.
     pub horizon: Option<Position>,
 }
@@ -62,7 +59,6 @@ struct PageRow {
     watermark: String,
     horizon_tx: Option<String>,
     horizon_id: Option<i64>,
-    held_back: bool,
     id: Option<i64>,
     tx_id: Option<String>,
     writer_tx: Option<String>,
@@ -81,9 +77,6 @@ const READ_PAGE: &str = "
     WITH w AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
     SELECT w.xmin::text AS watermark,
            h.tx_id::text AS horizon_tx, h.id AS horizon_id,
-           EXISTS (SELECT 1 FROM feed_events b
-                   WHERE b.tenant_id = $1 AND b.tx_id >= w.xmin
-                     AND (b.tx_id, b.id) > ($2::text::xid8, $3)) AS held_back,
            f.id, f.tx_id::text AS tx_id, f.writer_tx::text AS writer_tx, f.kind, f.call_id, f.call_version, f.task_id,
            f.turn_sequence, f.quality_id, f.create_time
     FROM w
@@ -127,7 +120,6 @@ pub async fn read_page(
         }),
         _ => None,
     };
-    let held_back = first.held_back;
     let mut events = Vec::with_capacity(rows.len());
     for row in rows {
         let (
@@ -174,7 +166,6 @@ pub async fn read_page(
         rows: events,
         next,
         full,
-        held_back,
         horizon,
     })
 }

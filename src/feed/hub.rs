@@ -3,10 +3,10 @@
 //! themselves.
 //!
 //! The tailer reads a tenant when a committing transaction notifies `callstore_feed` with the
-//! tenant's id, when a stream of a tenant it did not watch yet arrives, every `poll_interval`
-//! (for a missed notification), and again soon, backing off, while committed rows are held back
-//! above the watermark by an older transaction still in progress (which may write no events
-//! and so never notify).
+//! tenant's id and the greatest ordering key it wrote, when a stream of a tenant it did not
+//! watch yet arrives, every `poll_interval` (for a missed notification), and again soon, backing
+//! off, while the watermark has not passed a notified key: those rows are held back by an older
+//! transaction still in progress, which may write no events and so never notify.
 //!
 //! Each tenant has a broadcast channel of `live_buffer` batches. Sending never waits: a stream
 //! that falls that far behind finds it has lagged and reads the database by its own cursor until
@@ -81,6 +81,7 @@ struct Tail {
 }
 
 enum Wake {
+    /// The notification's payload: the tenant and the greatest ordering key written.
     Tenant(String),
     /// The listener reconnected or fell behind: notifications may have been lost.
     All,
@@ -218,6 +219,8 @@ async fn tail(inner: Arc<Inner>, mut woken: mpsc::Receiver<Wake>) {
     let mut poll = tokio::time::interval(poll_interval);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut dirty: HashSet<TenantId> = HashSet::new();
+    // The greatest ordering key each tenant's notifications named.
+    let mut notified: HashMap<TenantId, u64> = HashMap::new();
     let mut everyone = false;
     // Tenants held back by an open transaction: when to read them again, and the next delay.
     let mut retries: HashMap<TenantId, (Instant, Duration)> = HashMap::new();
@@ -226,11 +229,7 @@ async fn tail(inner: Arc<Inner>, mut woken: mpsc::Receiver<Wake>) {
         tokio::select! {
             () = inner.stop.cancelled() => break,
             wake = woken.recv() => match wake {
-                Some(Wake::Tenant(tenant)) => {
-                    if let Ok(tenant) = TenantId::parse(&tenant) {
-                        dirty.insert(tenant);
-                    }
-                }
+                Some(Wake::Tenant(payload)) => note(&payload, &mut dirty, &mut notified),
                 Some(Wake::All) => everyone = true,
                 None => break,
             },
@@ -246,11 +245,7 @@ async fn tail(inner: Arc<Inner>, mut woken: mpsc::Receiver<Wake>) {
         // Take whatever else is already queued, so a burst costs one read per tenant.
         while let Ok(wake) = woken.try_recv() {
             match wake {
-                Wake::Tenant(tenant) => {
-                    if let Ok(tenant) = TenantId::parse(&tenant) {
-                        dirty.insert(tenant);
-                    }
-                }
+                Wake::Tenant(payload) => note(&payload, &mut dirty, &mut notified),
                 Wake::All => everyone = true,
             }
         }
@@ -258,7 +253,8 @@ async fn tail(inner: Arc<Inner>, mut woken: mpsc::Receiver<Wake>) {
             dirty.extend(lock(&inner.tenants).keys().cloned());
         }
         for tenant in std::mem::take(&mut dirty) {
-            match inner.publish(&tenant).await {
+            let waiting_for = notified.get(&tenant).copied();
+            match inner.publish(&tenant, waiting_for).await {
                 Ok(Publish::HeldBack) => {
                     let delay = retries
                         .get(&tenant)
@@ -269,6 +265,7 @@ async fn tail(inner: Arc<Inner>, mut woken: mpsc::Receiver<Wake>) {
                 }
                 Ok(Publish::UpToDate) => {
                     retries.remove(&tenant);
+                    notified.remove(&tenant);
                 }
                 Err(error) => {
                     tracing::warn!(tenant = %tenant, error = %error, "cannot read the feed; retrying");
@@ -279,6 +276,22 @@ async fn tail(inner: Arc<Inner>, mut woken: mpsc::Receiver<Wake>) {
     }
     // Closing the channels ends the live streams (they end with UNAVAILABLE on shutdown).
     lock(&inner.tenants).clear();
+}
+
+/// Marks the tenant of a notification dirty and remembers the key it named.
+fn note(payload: &str, dirty: &mut HashSet<TenantId>, notified: &mut HashMap<TenantId, u64>) {
+    let (tenant, key) = match payload.split_once(' ') {
+        Some((tenant, key)) => (tenant, key.parse::<u64>().ok()),
+        None => (payload, None),
+    };
+    let Ok(tenant) = TenantId::parse(tenant) else {
+        return;
+    };
+    if let Some(key) = key {
+        let known = notified.entry(tenant.clone()).or_insert(key);
+        *known = (*known).max(key);
+    }
+    dirty.insert(tenant);
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -295,7 +308,12 @@ enum Publish {
 
 impl Inner {
     /// Reads the tenant's feed from its head to the watermark and publishes it, batch by batch.
-    async fn publish(&self, tenant: &TenantId) -> Result<Publish, DbError> {
+    /// Held back when the watermark has not yet passed `waiting_for`, a key a notification named.
+    async fn publish(
+        &self,
+        tenant: &TenantId,
+        waiting_for: Option<u64>,
+    ) -> Result<Publish, DbError> {
         loop {
             let head = {
                 let mut tenants = lock(&self.tenants);
@@ -318,7 +336,7 @@ impl Inner {
             )
             .await?;
             let full = page.full;
-            let held_back = page.held_back;
+            let held_back = waiting_for.is_some_and(|key| page.next.tx <= key);
             if page.next > head {
                 let events = event::load(&self.pool, tenant, page.rows).await?;
                 let batch = Arc::new(Batch {
