@@ -8,11 +8,41 @@ pub mod watch;
 use std::fmt;
 use std::str::FromStr;
 
+use clap::Args;
 use tonic::Code;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::Interceptor;
+use tonic::transport::Endpoint;
 
 use crate::api::TENANT_HEADER;
+
+/// Where `--server` points when neither the flag nor `CALLSTORE_SERVER` says.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
+
+/// The server, the tenant and the key: the flags every client command takes.
+#[derive(Debug, Args)]
+pub struct ConnectionArgs {
+    /// URL of the callstore gRPC server.
+    #[arg(long, env = "CALLSTORE_SERVER", default_value = DEFAULT_SERVER)]
+    pub server: String,
+    /// Tenant to act for (sent as the x-tenant-id metadata).
+    #[arg(long, env = "CALLSTORE_TENANT", value_parser = parse_tenant)]
+    pub tenant: String,
+    /// API key, sent as `authorization: Bearer <key>`.
+    #[arg(long, env = "CALLSTORE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<ApiKey>,
+}
+
+impl ConnectionArgs {
+    /// The server's endpoint (connecting within 10 s) and the metadata every request carries.
+    pub(crate) fn endpoint(&self) -> Result<(Endpoint, CallerMetadata), String> {
+        let endpoint = Endpoint::from_shared(self.server.clone())
+            .map_err(|error| format!("--server {}: {error}", self.server))?
+            .connect_timeout(std::time::Duration::from_secs(10));
+        let metadata = CallerMetadata::new(&self.tenant, self.api_key.as_ref())?;
+        Ok((endpoint, metadata))
+    }
+}
 
 /// An API key: never printed, and sent as sensitive metadata.
 #[derive(Clone)]
@@ -112,5 +142,17 @@ pub(crate) fn code_name(code: Code) -> &'static str {
         Code::Unavailable => "UNAVAILABLE",
         Code::DataLoss => "DATA_LOSS",
         Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_api_key_never_prints() {
+        let key: ApiKey = "s3cret".parse().expect("a key");
+        assert!(!format!("{key:?}").contains("s3cret"));
+        assert!("two words".parse::<ApiKey>().is_err());
     }
 }

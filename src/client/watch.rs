@@ -23,11 +23,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic_types::StatusExt as _;
 
-use crate::client::ingest::DEFAULT_SERVER;
-use crate::client::{ApiKey, CallerMetadata, code_name, parse_tenant};
+use crate::client::{CallerMetadata, ConnectionArgs, code_name};
 use crate::error::ERROR_DOMAIN;
 use crate::proto::watch_service_client::WatchServiceClient;
 use crate::proto::{
@@ -59,15 +58,8 @@ const HEARTBEAT_MAX: Duration = Duration::from_secs(3600);
                   request the server refuses ends it with status 1."
 )]
 pub struct WatchArgs {
-    /// URL of the callstore gRPC server.
-    #[arg(long, env = "CALLSTORE_SERVER", default_value = DEFAULT_SERVER)]
-    pub server: String,
-    /// Tenant whose calls to follow (sent as the x-tenant-id metadata).
-    #[arg(long, env = "CALLSTORE_TENANT", value_parser = parse_tenant)]
-    pub tenant: String,
-    /// API key, sent as `authorization: Bearer <key>`.
-    #[arg(long, env = "CALLSTORE_API_KEY", hide_env_values = true)]
-    pub api_key: Option<ApiKey>,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
     /// Only calls of this task (server id); repeat for any of several tasks.
     #[arg(long = "task", value_name = "ID")]
     pub tasks: Vec<String>,
@@ -178,14 +170,12 @@ struct Watcher {
 
 impl Watcher {
     fn new(args: &WatchArgs) -> Result<Self, String> {
-        let endpoint = Endpoint::from_shared(args.server.clone())
-            .map_err(|error| format!("--server {}: {error}", args.server))?
-            .connect_timeout(Duration::from_secs(10))
+        let (endpoint, metadata) = args.connection.endpoint()?;
+        let endpoint = endpoint
             // A connection that died silently (no reset ever arrives) is noticed and replaced.
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true);
-        let metadata = CallerMetadata::new(&args.tenant, args.api_key.as_ref())?;
         let client = WatchServiceClient::with_interceptor(endpoint.connect_lazy(), metadata);
         let position = match (&args.from, args.snapshot) {
             (Some(cursor), _) => Position::After(cursor.clone()),
