@@ -859,13 +859,7 @@ async fn contract_check(bench: &Bench) -> anyhow::Result<()> {
         anyhow::Ok(())
     }
     .await;
-    let outcome = match outcome {
-        Ok(()) => Ok(()),
-        Err(error) => Err(with_server_log(error, &server)),
-    };
-    server.stop().await?;
-    bench.databases.drop_database(&database.name).await?;
-    outcome
+    finish(outcome, server, bench, &database.name).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1024,13 +1018,7 @@ async fn memory_scenario(bench: &Bench) -> anyhow::Result<MemoryReport> {
         })
     }
     .await;
-    let outcome = match outcome {
-        Ok(report) => Ok(report),
-        Err(error) => Err(with_server_log(error, &server)),
-    };
-    server.stop().await?;
-    bench.databases.drop_database(&database.name).await?;
-    outcome
+    finish(outcome, server, bench, &database.name).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2118,6 +2106,20 @@ fn seconds_text(duration: Duration) -> String {
 }
 
 /// The error, then the end of the server's log (kept on disk for a failed run).
+/// Ends a scenario: stops its server and drops its database, and on failure adds the end of
+/// the server's log to the error.
+async fn finish<T>(
+    outcome: anyhow::Result<T>,
+    server: ServerProcess,
+    bench: &Bench,
+    database: &str,
+) -> anyhow::Result<T> {
+    let outcome = outcome.map_err(|error| with_server_log(error, &server));
+    server.stop().await?;
+    bench.databases.drop_database(database).await?;
+    outcome
+}
+
 fn with_server_log(error: anyhow::Error, server: &ServerProcess) -> anyhow::Error {
     anyhow::anyhow!(
         "{error:#}\nthe server's log ({}) ends with:\n{}",

@@ -43,21 +43,27 @@ impl Drop for TempDir {
     }
 }
 
-/// Runs `callstore ingest --server <server> --tenant acme <args>` to its end.
-async fn ingest(server: &str, args: &[&str], stdin: Stdio) -> Output {
+/// `callstore <subcommand> --server <server> --tenant <tenant>`, the client environment
+/// variables cleared, output piped, killed when dropped.
+pub(crate) fn client_command(subcommand: &str, server: &str, tenant: &str) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_callstore"));
     command
-        .arg("ingest")
-        .args(["--server", server, "--tenant", TENANT])
-        .args(args)
+        .arg(subcommand)
+        .args(["--server", server, "--tenant", tenant])
         .env_remove("CALLSTORE_SERVER")
         .env_remove("CALLSTORE_TENANT")
         .env_remove("CALLSTORE_API_KEY")
         .env("CALLSTORE_LOG", "warn")
-        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    command
+}
+
+/// Runs `callstore ingest --server <server> --tenant acme <args>` to its end.
+async fn ingest(server: &str, args: &[&str], stdin: Stdio) -> Output {
+    let mut command = client_command("ingest", server, TENANT);
+    command.args(args).stdin(stdin);
     tokio::time::timeout(DEADLINE, command.output())
         .await
         .expect("callstore ingest ends in time")

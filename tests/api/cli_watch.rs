@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use callstore::proto::{CallEventKind, IngestCallsRequest, IngestOutcome};
 
+use crate::cli_ingest::client_command;
 use crate::helpers::{DEADLINE, TestApp, as_tenant, config_for, spawn_app, spawn_app_with, start};
 use crate::ingest::native_call;
 
@@ -23,19 +24,8 @@ const TENANT: &str = "acme";
 
 /// `callstore watch --server <server> --tenant acme <args>`, with piped output.
 fn watch_command(server: &str, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_callstore"));
-    command
-        .arg("watch")
-        .args(["--server", server, "--tenant", TENANT])
-        .args(args)
-        .env_remove("CALLSTORE_SERVER")
-        .env_remove("CALLSTORE_TENANT")
-        .env_remove("CALLSTORE_API_KEY")
-        .env("CALLSTORE_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    let mut command = client_command("watch", server, TENANT);
+    command.args(args).stdin(Stdio::null());
     command
 }
 
