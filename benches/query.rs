@@ -903,6 +903,7 @@ async fn stats(bench: &Bench) -> anyhow::Result<Table> {
                 start_time: Some(to(week_start)),
                 end_time: Some(to(week_start + chrono::Duration::days(7))),
                 interval: StatsInterval::Hour as i32,
+                ..GetTaskStatsRequest::default()
             },
         ),
     ];

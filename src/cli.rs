@@ -147,6 +147,13 @@ pub struct ServeArgs {
     /// transaction cannot hold back the feed's watermark (and every stream) for longer.
     #[arg(long, env = "CALLSTORE_DB_IDLE_IN_TRANSACTION_TIMEOUT", default_value = "60s", value_parser = parse_positive_duration)]
     pub db_idle_in_transaction_timeout: Duration,
+    /// Compute each ingested call's quality result (metrics, and a score with the tenant's
+    /// active rule set) as it is stored. `false` leaves calls unscored until a re-score.
+    #[arg(long, env = "CALLSTORE_QUALITY_AT_INGEST", default_value_t = true, action = clap::ArgAction::Set)]
+    pub quality_at_ingest: bool,
+    /// Calls a re-scoring job scores per transaction.
+    #[arg(long, env = "CALLSTORE_RESCORE_PAGE", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub rescore_page: u32,
 }
 
 impl ServeArgs {
@@ -172,6 +179,8 @@ impl ServeArgs {
         config.watch.stuck_timeout = self.watch_stuck_timeout;
         config.watch.live_buffer = self.watch_live_buffer as usize;
         config.watch.send_buffer = self.watch_send_buffer as usize;
+        config.group_commit.write.inspect = self.quality_at_ingest;
+        config.rescore.page = i64::from(self.rescore_page);
         config
     }
 }

@@ -42,6 +42,8 @@ pub struct Config {
     pub stats: crate::stats::StatsSettings,
     /// How the live feed is read, fanned out to WatchCalls streams and kept.
     pub watch: crate::feed::WatchSettings,
+    /// How re-scoring jobs run.
+    pub rescore: crate::quality::rescore::RescoreSettings,
 }
 
 impl Config {
@@ -70,6 +72,7 @@ impl Config {
             webhook_listen_addr: None,
             stats: crate::stats::StatsSettings::default(),
             watch: crate::feed::WatchSettings::default(),
+            rescore: crate::quality::rescore::RescoreSettings::default(),
         }
     }
 }

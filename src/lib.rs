@@ -13,6 +13,7 @@ pub mod error;
 pub mod feed;
 pub mod health;
 pub mod ingest;
+pub mod quality;
 pub mod startup;
 pub mod stats;
 pub mod telemetry;

@@ -127,6 +127,12 @@ impl Application {
         // The replica's feed tailer, shared by every WatchCalls stream, and feed retention.
         let hub = crate::feed::Hub::start(pool.clone(), config.watch.clone(), stop.child_token());
         crate::feed::prune::spawn_pruner(pool.clone(), &config.watch, stop.child_token());
+        // Re-scoring jobs of any replica, run here when this replica's runner is free.
+        let rescore = crate::quality::rescore::spawn_runner(
+            pool.clone(),
+            config.rescore.clone(),
+            stop.child_token(),
+        );
         // Ingest's way into the database, shared by the RPCs and the webhooks.
         let store = GroupCommitter::start(pool.clone(), &config.group_commit);
         let router = Server::builder()
@@ -144,7 +150,7 @@ impl Application {
             ))
             .add_service(api::watch::WatchApi::new(hub))
             .add_service(proto::quality_service_server::QualityServiceServer::new(
-                api::quality::QualityApi,
+                api::quality::QualityApi::new(pool.clone(), rescore),
             ));
 
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));

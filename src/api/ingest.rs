@@ -381,7 +381,13 @@ impl IngestService for IngestApi {
         &self,
         request: Request<crate::proto::CompleteCallRequest>,
     ) -> Result<Response<crate::proto::CompleteCallResponse>, Status> {
-        let response = super::ingest_live::complete_call(&self.pool, &self.limits, request).await?;
+        let response = super::ingest_live::complete_call(
+            &self.pool,
+            &self.limits,
+            self.store.write_options(),
+            request,
+        )
+        .await?;
         Ok(Response::new(response))
     }
 }

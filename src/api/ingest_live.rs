@@ -20,6 +20,7 @@ use crate::db::live::{self, AppendError, CallTarget, LiveError, Stage};
 use crate::domain::call::Call;
 use crate::domain::{SourceKey, TenantId};
 use crate::error::{ApiError, FieldViolation};
+use crate::ingest::writer::WriteOptions;
 use crate::proto::{
     AppendTurnsRequest, AppendTurnsResponse, CallRecord, CallState, CompleteCallRequest,
     CompleteCallResponse, OpenCallRequest, OpenCallResponse,
@@ -47,7 +48,7 @@ pub(super) async fn open_call(
     }
     let call = convert(record, limits, violations)?;
     let source_id = call.key.id.clone();
-    let stored = store_live(pool, &tenant, call, Stage::Open).await?;
+    let stored = store_live(pool, &tenant, call, Stage::Open, WriteOptions::default()).await?;
     Ok(OpenCallResponse {
         result: Some(item_result(0, &source_id, Ok::<_, ApiError>(stored))),
     })
@@ -123,6 +124,7 @@ pub(super) async fn append_turns(
 pub(super) async fn complete_call(
     pool: &PgPool,
     limits: &IngestLimits,
+    write: WriteOptions,
     request: Request<CompleteCallRequest>,
 ) -> Result<CompleteCallResponse, ApiError> {
     let tenant = tenant_of(&request)?;
@@ -164,7 +166,7 @@ pub(super) async fn complete_call(
         call.hangup_time = hangup_time;
     }
     let source_id = call.key.id.clone();
-    let stored = store_live(pool, &tenant, call, Stage::Complete).await?;
+    let stored = store_live(pool, &tenant, call, Stage::Complete, write).await?;
     Ok(CompleteCallResponse {
         result: Some(item_result(0, &source_id, Ok::<_, ApiError>(stored))),
     })
@@ -274,16 +276,16 @@ async fn store_live(
     tenant: &TenantId,
     call: Call,
     stage: Stage,
+    write: WriteOptions,
 ) -> Result<StoredCall, ApiError> {
-    let stored =
-        live::store_live(pool, tenant, &call, stage)
-            .await
-            .map_err(|error| match error {
-                LiveError::AlreadyCompleted => {
-                    ApiError::FailedPrecondition("the call is already completed".to_owned())
-                }
-                LiveError::Db(error) => ApiError::from(error),
-            })?;
+    let stored = live::store_live(pool, tenant, &call, stage, write)
+        .await
+        .map_err(|error| match error {
+            LiveError::AlreadyCompleted => {
+                ApiError::FailedPrecondition("the call is already completed".to_owned())
+            }
+            LiveError::Db(error) => ApiError::from(error),
+        })?;
     tracing::debug!(outcome = ?stored.outcome, version = stored.version, "call stored");
     Ok(stored)
 }

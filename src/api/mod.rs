@@ -6,6 +6,7 @@
 
 pub mod convert;
 pub mod convert_catalog;
+pub mod convert_quality;
 pub mod convert_read;
 pub mod ingest;
 mod ingest_live;

@@ -14,7 +14,8 @@ use crate::api::page::{Fingerprint, PageSize, decode_token, encode_token};
 use crate::db::{calls_list, calls_read};
 use crate::domain::TenantId;
 use crate::domain::call_query::{
-    CallFilter, CallListQuery, CallOrder, CallPosition, Range, TranscriptFilter,
+    CallFilter, CallListQuery, CallOrder, CallPosition, Range, RuleHitFilter, ScoreRange,
+    TranscriptFilter,
 };
 use crate::domain::transcript::Needle;
 use crate::error::{ApiError, FieldViolation};
@@ -176,6 +177,11 @@ fn call_filter(check: &mut Check<'_>, filter: &proto::CallFilter) -> CallFilter 
             .transcript
             .as_ref()
             .and_then(|transcript| check.transcript(transcript)),
+        quality_score: filter
+            .quality_score
+            .as_ref()
+            .map(|range| check.score_range("filter.quality_score", range)),
+        rule_hits: check.rule_hits("filter.rule_hits", &filter.rule_hits),
     }
 }
 
@@ -289,6 +295,58 @@ impl Check<'_> {
             self.violation(field, "is not a valid timestamp");
         }
         time
+    }
+
+    fn score_range(&mut self, field: &str, range: &proto::DoubleRange) -> ScoreRange {
+        if range.min.is_some_and(|min| !min.is_finite())
+            || range.max.is_some_and(|max| !max.is_finite())
+        {
+            self.violation(field, "bounds must be finite numbers");
+            return ScoreRange::default();
+        }
+        if let (Some(min), Some(max)) = (range.min, range.max)
+            && min >= max
+        {
+            self.violation(field, "min must be less than max (the range is [min, max))");
+        }
+        ScoreRange {
+            min: range.min,
+            max: range.max,
+        }
+    }
+
+    fn rule_hits(&mut self, field: &str, hits: &[proto::RuleHitFilter]) -> Vec<RuleHitFilter> {
+        let hits = self.bounded(field, hits);
+        let mut filters = Vec::with_capacity(hits.len());
+        for (index, hit) in hits.iter().enumerate() {
+            let rule_id = hit.rule_id.trim();
+            if rule_id.is_empty() || rule_id.chars().count() > 64 {
+                self.violation(
+                    &format!("{field}[{index}].rule_id"),
+                    "is required, at most 64 characters",
+                );
+                continue;
+            }
+            let rule_set_id = if hit.rule_set_id.is_empty() {
+                None
+            } else {
+                match Uuid::parse_str(&hit.rule_set_id) {
+                    Ok(id) => Some(id),
+                    Err(_) => {
+                        self.violation(
+                            &format!("{field}[{index}].rule_set_id"),
+                            "must be a server id (a UUID)",
+                        );
+                        continue;
+                    }
+                }
+            };
+            filters.push(RuleHitFilter {
+                rule_id: rule_id.to_owned(),
+                rule_set_id,
+            });
+        }
+        filters
     }
 
     fn transcript(&mut self, transcript: &proto::TranscriptFilter) -> Option<TranscriptFilter> {

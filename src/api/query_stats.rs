@@ -18,6 +18,10 @@
 //! - series: one point per UTC hour or UTC day (its start), in time order; intervals without
 //!   calls are left out.
 //!
+//! - quality: over the calls with a score in their latest computed quality result;
+//!   `quality_score_buckets` keyed by each bucket's lower bound (`quality_score_bucket_width`,
+//!   10 by default), ascending, empty buckets left out. Read from the results, not a rollup.
+//!
 //! Unset start: from the first call; unset end: now. Another tenant's task answers NOT_FOUND
 //! exactly like an unknown one.
 
@@ -26,6 +30,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::api::convert::{timestamp_to_utc, utc_to_timestamp};
+use crate::db::quality;
 use crate::db::stats::{self, CountRow, Dimension, SeriesInterval, StatsQuery, TaskStats};
 use crate::domain::TenantId;
 use crate::error::ApiError;
@@ -43,10 +48,49 @@ pub(super) async fn get_task_stats(
     request: GetTaskStatsRequest,
 ) -> Result<GetTaskStatsResponse, ApiError> {
     let query = stats_query(&request, Utc::now())?;
+    let width = bucket_width(request.quality_score_bucket_width)?;
     let stats = stats::task_stats(pool, tenant, &query)
         .await?
         .ok_or(ApiError::NotFound { resource: "task" })?;
-    Ok(stats_response(stats, query.series))
+    let scores = quality::score_distribution(pool, tenant, &query, width).await?;
+    let mut response = stats_response(stats, query.series);
+    add_scores(&mut response, &scores, width);
+    Ok(response)
+}
+
+/// Default width of the quality score buckets.
+pub const DEFAULT_BUCKET_WIDTH: f64 = 10.0;
+
+fn bucket_width(requested: Option<f64>) -> Result<f64, ApiError> {
+    match requested {
+        None => Ok(DEFAULT_BUCKET_WIDTH),
+        Some(width) if width.is_finite() && width > 0.0 && width <= 1e9 => Ok(width),
+        Some(_) => Err(ApiError::invalid_field(
+            "quality_score_bucket_width",
+            "must be a finite number above 0 (at most 1e9)",
+        )),
+    }
+}
+
+/// The quality part of the response.
+fn add_scores(response: &mut GetTaskStatsResponse, buckets: &[quality::ScoreBucket], width: f64) {
+    let scored: i64 = buckets.iter().map(|bucket| bucket.count).sum();
+    let sum: f64 = buckets.iter().map(|bucket| bucket.sum).sum();
+    response.scored_calls = scored;
+    response.avg_quality_score = if scored == 0 {
+        0.0
+    } else {
+        sum / scored as f64
+    };
+    response.min_quality_score = buckets.iter().map(|bucket| bucket.min).reduce(f64::min);
+    response.max_quality_score = buckets.iter().map(|bucket| bucket.max).reduce(f64::max);
+    response.quality_score_buckets = buckets
+        .iter()
+        .map(|bucket| CountBucket {
+            key: format!("{}", bucket.index * width),
+            count: bucket.count,
+        })
+        .collect();
 }
 
 /// Validates a request into a query; `now` ends a window without end.
@@ -187,6 +231,7 @@ fn stats_response(stats: TaskStats, series: Option<SeriesInterval>) -> GetTaskSt
                 })
                 .collect(),
         },
+        ..GetTaskStatsResponse::default()
     }
 }
 

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::db::DbError;
 use crate::domain::TenantId;
 use crate::domain::call_query::{CallFilter, CallListQuery, CallOrder, CallPosition, Range};
-use crate::proto::TransferState;
+use crate::proto::{QualitySource, TransferState};
 
 /// `total_size` is counted exactly up to this many calls, and estimated beyond.
 pub const EXACT_COUNT_LIMIT: i64 = 10_000;
@@ -265,6 +265,49 @@ fn push_filters(sql: &mut QueryBuilder<Postgres>, tenant: &TenantId, query: &Cal
             .push_bind(transcript.needle.as_str().to_owned())
             .push(") > 0)");
     }
+    push_quality(sql, filter);
+}
+
+/// The call's latest computed quality result has a score in the range and hit one of the
+/// rules (each part when asked).
+fn push_quality(sql: &mut QueryBuilder<Postgres>, filter: &CallFilter) {
+    if filter.quality_score.is_none() && filter.rule_hits.is_empty() {
+        return;
+    }
+    sql.push(
+        " AND EXISTS (SELECT 1 FROM (SELECT q.score, q.rule_set_id, q.hit_rule_ids \
+         FROM quality_results q \
+         WHERE q.tenant_id = c.tenant_id AND q.call_id = c.id AND q.source = ",
+    )
+    .push_bind(QualitySource::Computed as i16)
+    .push(" ORDER BY q.version DESC LIMIT 1) latest WHERE true");
+    if let Some(range) = filter.quality_score {
+        sql.push(" AND latest.score IS NOT NULL");
+        if let Some(min) = range.min {
+            sql.push(" AND latest.score >= ").push_bind(min);
+        }
+        if let Some(max) = range.max {
+            sql.push(" AND latest.score < ").push_bind(max);
+        }
+    }
+    if !filter.rule_hits.is_empty() {
+        sql.push(" AND (");
+        for (index, hit) in filter.rule_hits.iter().enumerate() {
+            if index > 0 {
+                sql.push(" OR ");
+            }
+            sql.push("(")
+                .push_bind(hit.rule_id.clone())
+                .push(" = ANY (latest.hit_rule_ids)");
+            if let Some(rule_set_id) = hit.rule_set_id {
+                sql.push(" AND latest.rule_set_id = ")
+                    .push_bind(rule_set_id);
+            }
+            sql.push(")");
+        }
+        sql.push(")");
+    }
+    sql.push(")");
 }
 
 /// `column` within `range`, the bounds multiplied by `scale` (seconds to milliseconds).

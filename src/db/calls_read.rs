@@ -263,6 +263,9 @@ macro_rules! quality_columns {
     };
 }
 
+/// The columns of a [`QualityRow`], of `quality_results` aliased `q`.
+pub const QUALITY_COLUMNS: &str = quality_columns!();
+
 const SELECT_QUALITY_BY_IDS: &str = concat!(
     "SELECT ",
     quality_columns!(),

@@ -18,6 +18,7 @@ use crate::db::calls::{self, StoreOutcome, StoredCall, insert_turns};
 use crate::db::{DbError, MaybeAborted, catalog, retry_aborted};
 use crate::domain::call::{AudioPiece, Call, Extra, TagRef, Turn};
 use crate::domain::{SourceKey, TenantId};
+use crate::ingest::writer::{WriteOptions, inspect_calls};
 use crate::proto::{CallEventKind, CallState};
 
 /// A stored call as opening or completing needs to see it.
@@ -66,13 +67,17 @@ impl From<sqlx::Error> for LiveError {
 /// A record without turns keeps the stored ones; one with turns replaces them. A repeated
 /// open is recognised by the record's own hash (appended turns do not change the stored hash),
 /// so retrying an open after turns were appended still answers UNCHANGED.
+///
+/// A completion is inspected as ingest inspects a whole call (see `WriteOptions`): its
+/// quality result is computed from the final dialogue in the same transaction.
 pub async fn store_live(
     pool: &PgPool,
     tenant: &TenantId,
     call: &Call,
     stage: Stage,
+    write: WriteOptions,
 ) -> Result<StoredCall, LiveError> {
-    retry_aborted("store", || try_store_live(pool, tenant, call, stage)).await
+    retry_aborted("store", || try_store_live(pool, tenant, call, stage, write)).await
 }
 
 async fn try_store_live(
@@ -80,6 +85,7 @@ async fn try_store_live(
     tenant: &TenantId,
     call: &Call,
     stage: Stage,
+    write: WriteOptions,
 ) -> Result<StoredCall, LiveError> {
     let mut transaction = pool.begin().await?;
     catalog::ensure_tenant(&mut transaction, tenant).await?;
@@ -111,17 +117,22 @@ async fn try_store_live(
             appended = Some(load_turns(&mut transaction, tenant, id, None).await?);
         }
     }
-    let stored = match appended {
-        Some(turns) => {
-            let call = Call {
-                turns,
-                ..call.clone()
-            };
-            calls::store_calls(&mut transaction, tenant, &[&call]).await?
-        }
-        None => calls::store_calls(&mut transaction, tenant, &[call]).await?,
-    };
+    let with_appended = appended.map(|turns| Call {
+        turns,
+        ..call.clone()
+    });
+    let call = with_appended.as_ref().unwrap_or(call);
+    let stored = calls::store_calls(&mut transaction, tenant, &[call]).await?;
     let stored = stored.into_iter().next().ok_or(DbError::NotFound)?;
+    if stage == Stage::Complete && write.inspect {
+        inspect_calls(
+            &mut transaction,
+            tenant,
+            std::slice::from_ref(call),
+            &[Ok(stored)],
+        )
+        .await?;
+    }
     transaction.commit().await?;
     Ok(stored)
 }

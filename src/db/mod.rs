@@ -10,6 +10,8 @@ pub mod feed;
 pub mod live;
 pub mod numbers;
 pub mod quality;
+pub mod quality_rules;
+pub mod rescore;
 pub mod server;
 pub mod stats;
 

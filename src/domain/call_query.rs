@@ -29,6 +29,24 @@ pub struct TranscriptFilter {
     pub needle: Needle,
 }
 
+/// A half-open range of quality scores `[min, max)`; an unset bound is open. The bounds are
+/// finite (checked at the edge), which makes equality total.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct ScoreRange {
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+}
+
+impl Eq for ScoreRange {}
+
+/// A rule that fired, in the call's latest computed quality result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleHitFilter {
+    pub rule_id: String,
+    /// `None`: the rule id in any rule set.
+    pub rule_set_id: Option<Uuid>,
+}
+
 /// Every filter of a call list; all set filters must hold, values within one are OR'ed.
 /// Enum filters hold the enum numbers as stored.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -54,6 +72,10 @@ pub struct CallFilter {
     pub transferred: Option<bool>,
     pub read: Option<bool>,
     pub transcript: Option<TranscriptFilter>,
+    /// Score of the latest computed quality result.
+    pub quality_score: Option<ScoreRange>,
+    /// Rules the latest computed quality result hit, OR'ed.
+    pub rule_hits: Vec<RuleHitFilter>,
 }
 
 /// The key calls are ordered by (then by id, which makes the order total).

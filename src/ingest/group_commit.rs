@@ -18,7 +18,7 @@ use crate::domain::TenantId;
 use crate::domain::call::Call;
 use crate::error::ApiError;
 use crate::ingest::Batch;
-use crate::ingest::writer::{BatchResults, store_batch};
+use crate::ingest::writer::{BatchResults, WriteOptions, store_batch};
 
 /// How calls are coalesced.
 #[derive(Debug, Clone)]
@@ -33,6 +33,8 @@ pub struct GroupCommitSettings {
     /// Requests with at most this many calls are coalesced; larger ones are a batch already
     /// and get a transaction of their own.
     pub max_request: usize,
+    /// How every batch is written (quality inspection at ingest).
+    pub write: WriteOptions,
 }
 
 impl Default for GroupCommitSettings {
@@ -42,6 +44,7 @@ impl Default for GroupCommitSettings {
             max_group: 256,
             queue: 4096,
             max_request: 16,
+            write: WriteOptions::default(),
         }
     }
 }
@@ -72,6 +75,7 @@ pub struct GroupCommitter {
     pool: PgPool,
     queue: mpsc::Sender<Job>,
     max_request: usize,
+    write: WriteOptions,
 }
 
 impl std::fmt::Debug for Job {
@@ -93,9 +97,10 @@ impl GroupCommitter {
             let pool = pool.clone();
             let receiver = Arc::clone(&receiver);
             let max_group = settings.max_group.max(1);
+            let write = settings.write;
             tokio::spawn(async move {
                 while let Some(jobs) = next_group(&receiver, max_group).await {
-                    write_group(&pool, writer, jobs).await;
+                    write_group(&pool, writer, jobs, write).await;
                 }
             });
         }
@@ -103,7 +108,13 @@ impl GroupCommitter {
             pool,
             queue,
             max_request: settings.max_request,
+            write: settings.write,
         }
+    }
+
+    /// How batches are written.
+    pub fn write_options(&self) -> WriteOptions {
+        self.write
     }
 
     /// Stores a batch and returns once it is committed, one result per item. A batch of only
@@ -116,7 +127,7 @@ impl GroupCommitter {
     ) -> Result<BatchResults, ApiError> {
         if !batch.has_only_calls() || batch.calls.is_empty() || batch.calls.len() > self.max_request
         {
-            return Ok(store_batch(&self.pool, tenant, batch).await?);
+            return Ok(store_batch(&self.pool, tenant, batch, self.write).await?);
         }
         let mut results = BatchResults::default();
         for result in self.store(tenant, batch.calls.clone()).await {
@@ -190,7 +201,7 @@ async fn next_group(receiver: &Mutex<mpsc::Receiver<Job>>, max_group: usize) -> 
 
 /// Writes a group: one transaction per tenant (each transaction belongs to one tenant), then
 /// answers every call.
-async fn write_group(pool: &PgPool, writer: usize, jobs: Vec<Job>) {
+async fn write_group(pool: &PgPool, writer: usize, jobs: Vec<Job>, write: WriteOptions) {
     let mut by_tenant: BTreeMap<TenantId, Vec<Job>> = BTreeMap::new();
     for job in jobs {
         by_tenant.entry(job.tenant.clone()).or_default().push(job);
@@ -203,7 +214,7 @@ async fn write_group(pool: &PgPool, writer: usize, jobs: Vec<Job>) {
             ..Batch::default()
         };
         let started = std::time::Instant::now();
-        let stored = store_batch(pool, &tenant, &batch).await;
+        let stored = store_batch(pool, &tenant, &batch, write).await;
         tracing::debug!(
             writer,
             tenant = %tenant,

@@ -7,11 +7,16 @@ use std::collections::HashMap;
 use sqlx::{PgConnection, PgPool};
 
 use crate::db::calls::{StoreOutcome, StoredCall};
-use crate::db::quality::StoredQuality;
-use crate::db::{ATTEMPTS, DbError, calls, catalog, numbers, quality, retry_aborted};
+use crate::db::quality::{ComputedFor, StoredQuality};
+use crate::db::{
+    ATTEMPTS, DbError, calls, catalog, numbers, quality, quality_rules, retry_aborted,
+};
 use crate::domain::call::Call;
+use crate::domain::quality::ImportedQuality;
 use crate::domain::{SourceKey, TenantId};
 use crate::ingest::Batch;
+use crate::proto::SourceFormat;
+use crate::quality::{Computed, Dialogue};
 
 /// What storing a batch did, item by item, in batch order.
 #[derive(Debug, Default)]
@@ -27,6 +32,20 @@ pub struct BatchResults {
     pub quality: Vec<Result<StoredQuality, DbError>>,
 }
 
+/// How a batch is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// Compute the quality result (metrics, and a score with the tenant's active rule set) of
+    /// every new or changed call with a dialogue, in the same transaction.
+    pub inspect: bool,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        Self { inspect: true }
+    }
+}
+
 /// Writes a batch; returns one result per item. The outer error means nothing was committed.
 ///
 /// The calls are first written together, a few statements for the whole batch. Should one of
@@ -36,11 +55,12 @@ pub async fn store_batch(
     pool: &PgPool,
     tenant: &TenantId,
     batch: &Batch,
+    options: WriteOptions,
 ) -> Result<BatchResults, DbError> {
     let mut attempt = 1;
     let mut mode = Mode::Together;
     loop {
-        match try_store_batch(pool, tenant, batch, mode).await {
+        match try_store_batch(pool, tenant, batch, mode, options).await {
             Ok(results) => return Ok(results),
             Err(BatchError::Calls(error)) if mode == Mode::Together => {
                 tracing::debug!(error = %error, "a call of the batch failed; storing them one by one");
@@ -101,6 +121,7 @@ async fn try_store_batch(
     tenant: &TenantId,
     batch: &Batch,
     mode: Mode,
+    options: WriteOptions,
 ) -> Result<BatchResults, BatchError> {
     let mut transaction = pool.begin().await?;
     catalog::ensure_tenant(&mut transaction, tenant).await?;
@@ -154,6 +175,9 @@ async fn try_store_batch(
             }
         }
     }
+    if options.inspect {
+        inspect_calls(&mut transaction, tenant, &batch.calls, &results.calls).await?;
+    }
     for number in &batch.numbers {
         let mut savepoint = sqlx::Connection::begin(&mut *transaction).await?;
         let outcome = store_number(&mut savepoint, tenant, number).await;
@@ -161,11 +185,97 @@ async fn try_store_batch(
     }
     for imported in &batch.quality {
         let mut savepoint = sqlx::Connection::begin(&mut *transaction).await?;
-        let outcome = quality::import_quality(&mut savepoint, tenant, imported).await;
+        let mut outcome = quality::import_quality(&mut savepoint, tenant, imported).await;
+        if let Ok(stored) = &outcome
+            && options.inspect
+            && stored.outcome != StoreOutcome::Unchanged
+            && !imported.segments.is_empty()
+            && let Err(error) = inspect_segments(&mut savepoint, tenant, imported).await
+        {
+            outcome = Err(error);
+        }
         results.quality.push(settle(savepoint, outcome).await?);
     }
     transaction.commit().await?;
     Ok(results)
+}
+
+/// Stores the quality result of each call the batch created or changed that has a dialogue.
+pub(crate) async fn inspect_calls(
+    connection: &mut PgConnection,
+    tenant: &TenantId,
+    calls: &[Call],
+    stored: &[Result<StoredCall, DbError>],
+) -> Result<(), DbError> {
+    let inspected: Vec<(&Call, &StoredCall)> = calls
+        .iter()
+        .zip(stored)
+        .filter_map(|(call, stored)| match stored {
+            Ok(stored) if stored.outcome != StoreOutcome::Unchanged && !call.turns.is_empty() => {
+                Some((call, stored))
+            }
+            _ => None,
+        })
+        .collect();
+    if inspected.is_empty() {
+        return Ok(());
+    }
+    let scorer = quality_rules::active_scorer(&mut *connection, tenant).await?;
+    let computed: Vec<Computed> = inspected
+        .iter()
+        .map(|(call, _)| {
+            let dialogue =
+                Dialogue::from_turns(&call.turns, call.talk_duration_ms, call.end_node.clone());
+            crate::quality::inspect(&dialogue, scorer.as_ref())
+        })
+        .collect();
+    let results: Vec<ComputedFor<'_>> = inspected
+        .iter()
+        .zip(&computed)
+        .map(|((call, stored), computed)| ComputedFor {
+            call_id: stored.id,
+            call_version: stored.version,
+            task_id: None,
+            source_format: call.source_format,
+            computed,
+        })
+        .collect();
+    quality::store_computed(connection, tenant, &results, false).await?;
+    Ok(())
+}
+
+/// Computes the quality of a call that has no dialogue of its own from an imported result's
+/// speech segments (Huawei QC): exact spans, so every metric is known.
+async fn inspect_segments(
+    connection: &mut PgConnection,
+    tenant: &TenantId,
+    imported: &ImportedQuality,
+) -> Result<(), DbError> {
+    let call: Option<(uuid::Uuid, i64, Option<uuid::Uuid>, i32, i16)> = sqlx::query_as(
+        "SELECT id, version, task_id, turn_count, source_format FROM calls
+         WHERE tenant_id = $1 AND source_system = $2 AND source_call_id = $3",
+    )
+    .bind(tenant.as_str())
+    .bind(&imported.call.system)
+    .bind(&imported.call.id)
+    .fetch_optional(&mut *connection)
+    .await?;
+    let Some((call_id, call_version, task_id, 0, source_format)) = call else {
+        return Ok(());
+    };
+    let scorer = quality_rules::active_scorer(&mut *connection, tenant).await?;
+    let dialogue = Dialogue::from_segments(&imported.segments, imported.duration_ms);
+    let computed = crate::quality::inspect(&dialogue, scorer.as_ref());
+    let result = ComputedFor {
+        call_id,
+        call_version,
+        task_id,
+        source_format: SourceFormat::try_from(i32::from(source_format))
+            .unwrap_or(imported.source_format),
+        computed: &computed,
+    };
+    quality::store_computed(connection, tenant, &[result], false).await?;
+    Ok(())
 }
 
 /// Splits calls into rounds in which each key appears once (an upsert cannot touch a row

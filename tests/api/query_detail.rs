@@ -194,7 +194,15 @@ async fn a_hangup_push_detail_has_its_record_dialogue_and_task() {
     );
     assert!(call.tags.is_empty() && call.tag_ids.is_empty());
     assert!(call.level.is_none() && call.level_id.is_empty());
-    assert!(call.quality.is_none());
+    assert_measured_unscored(&call);
+}
+
+/// The dialogue was measured at ingest; with no active rule set it has no score.
+fn assert_measured_unscored(call: &callstore::proto::CallRecord) {
+    let quality = call.quality.as_ref().expect("the computed result");
+    assert_eq!(quality.source(), QualitySource::Computed);
+    assert_eq!((quality.version, quality.score), (1, None));
+    assert!(!quality.sides.is_empty());
 }
 
 #[tokio::test]
@@ -333,7 +341,7 @@ async fn a_task_api_detail_has_its_dialogue_tags_with_groups_level_and_task_prog
         "{}",
         progress.percent
     );
-    assert!(call.quality.is_none());
+    assert_measured_unscored(&call);
 }
 
 #[tokio::test]
@@ -410,12 +418,13 @@ async fn a_huawei_detail_has_its_result_fields_and_latest_quality_result() {
     assert_eq!(quality.version, 2);
     assert_eq!(quality.status(), QualityStatus::Processing);
 
-    // A computed result stored after it is the latest, with its score.
+    // A computed result stored after it (version 2: ingest measured the dialogue as version 1)
+    // is the latest, with its score.
     let pool = app.pool().await;
     sqlx::query(
         "INSERT INTO quality_results (tenant_id, call_id, source, version, status, score,
              rule_set_version, details, create_time)
-         VALUES ('acme', $1::uuid, 1, 1, 3, 87.5, 4,
+         VALUES ('acme', $1::uuid, 1, 2, 3, 87.5, 4,
                  '{\"end_node\": \"结束\", \"customer_last_reply\": \"好的\",
                    \"rule_hits\": [{\"rule_id\": \"r1\", \"points\": -5, \"severity\": \"SEVERITY_MAJOR\"}]}',
                  now() + interval '1 second')",

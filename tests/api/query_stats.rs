@@ -412,6 +412,8 @@ fn expected(
         } else {
             points.into_values().collect()
         },
+        // No rule set is active: calls are measured, none is scored.
+        ..GetTaskStatsResponse::default()
     }
 }
 
@@ -462,6 +464,7 @@ fn request(
         start_time: start.map(utc_to_timestamp),
         end_time: end.map(utc_to_timestamp),
         interval: interval as i32,
+        ..GetTaskStatsRequest::default()
     }
 }
 

@@ -1,0 +1,247 @@
+//! Quality inspection (质检): metrics computed from a call's dialogue, and rule sets that score
+//! it.
+//!
+//! Everything but [`rescore`] (the background runner of re-scoring jobs) is pure: no I/O, no
+//! clock. [`metrics`] measures a [`Dialogue`] (who spoke,
+//! how long, the silences and interruptions between turns), [`rules`] holds validated rule sets
+//! and compiles them, and [`score`] applies a compiled rule set and a scoring profile to the
+//! measured dialogue. The ingest writer, the re-scoring jobs and the API build on these.
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::call::Turn;
+use crate::domain::quality::Segment;
+use crate::proto::Speaker;
+
+pub mod metrics;
+pub mod rescore;
+pub mod rules;
+pub mod score;
+
+/// When an utterance was said, as precisely as its format tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Timing {
+    /// Start and end, milliseconds from the call's start (native turn offsets, Huawei QC
+    /// segments). Every metric can be computed.
+    Span { start_ms: i64, end_ms: i64 },
+    /// Only how long it lasted (task API `speak_ms` / `play_ms`); the order is the sequence.
+    /// Speaking times and rates can be computed, silences and interruptions cannot.
+    Duration { ms: i64 },
+    /// Only when it started, to the second (hangup push `talk_datetime`), milliseconds from the
+    /// first utterance. Orders the turns; no length can be computed from it.
+    Start { at_ms: i64 },
+    /// Nothing about time.
+    Unknown,
+}
+
+/// One utterance of a dialogue, as quality inspection sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Utterance {
+    /// The turn's sequence (Huawei: the segment id).
+    pub sequence: i32,
+    pub speaker: Speaker,
+    pub text: String,
+    pub timing: Timing,
+    /// Script node of a robot line (its name, else its id).
+    pub node: Option<String>,
+}
+
+/// A call's dialogue with what the metrics need of the call itself.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Dialogue {
+    /// In sequence order.
+    pub utterances: Vec<Utterance>,
+    /// The call's talk time (answer to hang-up), when known: the denominator of speech ratios.
+    pub talk_duration_ms: Option<i64>,
+    /// The script node the source says the call ended on, when it says so.
+    pub end_node: Option<String>,
+}
+
+impl Dialogue {
+    /// The dialogue of a call's turns. Each turn takes the best timing it carries: start and
+    /// end offsets, else its duration (`speak_ms` of a customer or agent line, `play_ms` of a
+    /// robot line), else its time relative to the first turn's, else none.
+    pub fn from_turns(
+        turns: &[Turn],
+        talk_duration_ms: Option<i64>,
+        end_node: Option<String>,
+    ) -> Self {
+        let first_time = turns.iter().filter_map(|turn| turn.time).min();
+        let mut utterances: Vec<Utterance> = turns
+            .iter()
+            .map(|turn| {
+                let duration = match turn.speaker {
+                    Speaker::Robot => turn.play_ms,
+                    _ => turn.speak_ms,
+                };
+                let timing = match (turn.start_offset_ms, turn.end_offset_ms, duration) {
+                    (Some(start_ms), Some(end_ms), _) => Timing::Span { start_ms, end_ms },
+                    (_, _, Some(ms)) => Timing::Duration { ms },
+                    _ => match (turn.time, first_time) {
+                        (Some(time), Some(first)) => Timing::Start {
+                            at_ms: (time - first).num_milliseconds(),
+                        },
+                        _ => Timing::Unknown,
+                    },
+                };
+                Utterance {
+                    sequence: turn.sequence,
+                    speaker: turn.speaker,
+                    text: turn.text.clone(),
+                    timing,
+                    node: turn.node_name.clone().or_else(|| turn.node_id.clone()),
+                }
+            })
+            .collect();
+        utterances.sort_by_key(|utterance| utterance.sequence);
+        Self {
+            utterances,
+            talk_duration_ms,
+            end_node,
+        }
+    }
+
+    /// The dialogue of an imported result's speech segments (Huawei QC): exact spans.
+    pub fn from_segments(segments: &[Segment], duration_ms: Option<i64>) -> Self {
+        let mut utterances: Vec<Utterance> = segments
+            .iter()
+            .map(|segment| Utterance {
+                sequence: i32::try_from(segment.segment_id).unwrap_or(i32::MAX),
+                speaker: segment.speaker,
+                text: segment.text.clone(),
+                timing: Timing::Span {
+                    start_ms: segment.start_offset_ms,
+                    end_ms: segment.end_offset_ms,
+                },
+                node: None,
+            })
+            .collect();
+        utterances.sort_by_key(|utterance| utterance.sequence);
+        Self {
+            utterances,
+            talk_duration_ms: duration_ms,
+            end_node: None,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.utterances.is_empty()
+    }
+}
+
+/// What a rule set brings to scoring: its compiled rules and its profile.
+#[derive(Debug, Clone)]
+pub struct Scorer {
+    /// Shared: a rule set's version never changes, so its compiled form is cached.
+    pub rules: std::sync::Arc<rules::CompiledRuleSet>,
+    pub profile: score::Profile,
+}
+
+/// A computed quality result: the metrics, and the score when a rule set was applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Computed {
+    pub metrics: metrics::Metrics,
+    pub scoring: Option<Scoring>,
+}
+
+/// The scoring part of a computed result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scoring {
+    pub rule_set_id: uuid::Uuid,
+    pub rule_set_version: i64,
+    pub profile: score::Profile,
+    pub scored: score::Scored,
+}
+
+/// Measures a dialogue and, with a scorer, scores it.
+pub fn inspect(dialogue: &Dialogue, scorer: Option<&Scorer>) -> Computed {
+    let metrics = metrics::measure(dialogue);
+    let scoring = scorer.map(|scorer| Scoring {
+        rule_set_id: scorer.rules.rule_set_id,
+        rule_set_version: scorer.rules.version,
+        profile: scorer.profile.clone(),
+        scored: score::score(&scorer.rules, &scorer.profile, dialogue, &metrics),
+    });
+    Computed { metrics, scoring }
+}
+
+impl Computed {
+    /// The score, when the result was scored.
+    pub fn score(&self) -> Option<f64> {
+        self.scoring.as_ref().map(|scoring| scoring.scored.score)
+    }
+
+    /// The ids of the rules that fired, each once, sorted.
+    pub fn hit_rule_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .scoring
+            .iter()
+            .flat_map(|scoring| scoring.scored.hits.iter().map(|hit| hit.rule_id.clone()))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Total rule hits, when scored.
+    pub fn violation_count(&self) -> Option<i32> {
+        self.scoring
+            .as_ref()
+            .map(|scoring| i32::try_from(scoring.scored.hits.len()).unwrap_or(i32::MAX))
+    }
+
+    /// The result as stored in `quality_results.details` (the names the API reads back).
+    pub fn details(&self) -> serde_json::Value {
+        let metrics = &self.metrics;
+        let mut details = serde_json::json!({
+            "duration_ms": metrics.duration_ms,
+            "sides": metrics.sides,
+            "silence_time_ms": metrics.silence_time_ms,
+            "longest_silence_ms": metrics.longest_silence_ms,
+            "interruption_count": metrics.interruption_count,
+            "interruption_overlap_ms": metrics.interruption_overlap_ms,
+            "customer_last_reply": metrics.customer_last_reply,
+            "end_node": metrics.end_node,
+        });
+        if let (Some(scoring), Some(object)) = (&self.scoring, details.as_object_mut()) {
+            let profile = &scoring.profile;
+            object.insert(
+                "profile".to_owned(),
+                serde_json::json!({
+                    "id": profile.id,
+                    "name": profile.name,
+                    "base": profile.base,
+                    "lower_bound": profile.lower_bound,
+                    "upper_bound": profile.upper_bound,
+                }),
+            );
+            object.insert(
+                "rule_hits".to_owned(),
+                serde_json::to_value(&scoring.scored.hits).unwrap_or_default(),
+            );
+            object.insert(
+                "violations".to_owned(),
+                scoring
+                    .scored
+                    .violations
+                    .iter()
+                    .map(|(severity, count)| serde_json::json!({"severity": severity, "count": count}))
+                    .collect(),
+            );
+        }
+        details
+    }
+
+    /// SHA-256 of everything the result says: equal hashes mean a re-score changed nothing.
+    pub fn content_hash(&self) -> Vec<u8> {
+        use sha2::{Digest as _, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(self.details().to_string());
+        if let Some(scoring) = &self.scoring {
+            hasher.update(scoring.rule_set_id.as_bytes());
+            hasher.update(scoring.rule_set_version.to_be_bytes());
+            hasher.update(scoring.scored.score.to_be_bytes());
+        }
+        hasher.finalize().to_vec()
+    }
+}
