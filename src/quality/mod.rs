@@ -60,7 +60,8 @@ pub struct Dialogue {
 impl Dialogue {
     /// The dialogue of a call's turns. Each turn takes the best timing it carries: start and
     /// end offsets, else its duration (`speak_ms` of a customer or agent line, `play_ms` of a
-    /// robot line), else its time relative to the first turn's, else none.
+    /// robot line), else its time relative to the first turn's, else none. A robot line after
+    /// a transfer to a human is the agent's.
     pub fn from_turns(
         turns: &[Turn],
         talk_duration_ms: Option<i64>,
@@ -84,9 +85,14 @@ impl Dialogue {
                         _ => Timing::Unknown,
                     },
                 };
+                // After a transfer the other side of the customer is the human agent.
+                let speaker = match turn.speaker {
+                    Speaker::Robot if turn.after_transfer => Speaker::Agent,
+                    speaker => speaker,
+                };
                 Utterance {
                     sequence: turn.sequence,
-                    speaker: turn.speaker,
+                    speaker,
                     text: turn.text.clone(),
                     timing,
                     node: turn.node_name.clone().or_else(|| turn.node_id.clone()),
@@ -243,5 +249,100 @@ impl Computed {
             hasher.update(scoring.scored.score.to_be_bytes());
         }
         hasher.finalize().to_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone as _, Utc};
+
+    use super::*;
+
+    fn turn(sequence: i32, speaker: Speaker) -> Turn {
+        Turn {
+            sequence,
+            speaker,
+            text: format!("line {sequence}"),
+            ..Turn::default()
+        }
+    }
+
+    #[test]
+    fn each_turn_takes_the_best_timing_it_carries() {
+        let first = Utc.with_ymd_and_hms(2025, 4, 14, 10, 0, 0).single();
+        let turns = vec![
+            Turn {
+                start_offset_ms: Some(100),
+                end_offset_ms: Some(900),
+                play_ms: Some(5),
+                ..turn(3, Speaker::Robot)
+            },
+            Turn {
+                play_ms: Some(700),
+                speak_ms: Some(1),
+                ..turn(1, Speaker::Robot)
+            },
+            Turn {
+                speak_ms: Some(400),
+                ..turn(2, Speaker::Customer)
+            },
+            Turn {
+                time: first.map(|time| time + chrono::Duration::seconds(3)),
+                ..turn(5, Speaker::Customer)
+            },
+            Turn {
+                time: first,
+                ..turn(4, Speaker::Customer)
+            },
+            turn(6, Speaker::Robot),
+        ];
+        let dialogue = Dialogue::from_turns(&turns, Some(9_000), Some("end".to_owned()));
+        let timings: Vec<(i32, Timing)> = dialogue
+            .utterances
+            .iter()
+            .map(|utterance| (utterance.sequence, utterance.timing))
+            .collect();
+        assert_eq!(
+            timings,
+            [
+                (1, Timing::Duration { ms: 700 }),
+                (2, Timing::Duration { ms: 400 }),
+                (
+                    3,
+                    Timing::Span {
+                        start_ms: 100,
+                        end_ms: 900
+                    }
+                ),
+                (4, Timing::Start { at_ms: 0 }),
+                (5, Timing::Start { at_ms: 3_000 }),
+                (6, Timing::Unknown),
+            ]
+        );
+        assert_eq!(dialogue.talk_duration_ms, Some(9_000));
+    }
+
+    #[test]
+    fn robot_lines_after_a_transfer_are_the_agents() {
+        let turns = vec![
+            turn(1, Speaker::Robot),
+            Turn {
+                after_transfer: true,
+                ..turn(2, Speaker::Robot)
+            },
+            Turn {
+                after_transfer: true,
+                ..turn(3, Speaker::Customer)
+            },
+        ];
+        let speakers: Vec<Speaker> = Dialogue::from_turns(&turns, None, None)
+            .utterances
+            .iter()
+            .map(|utterance| utterance.speaker)
+            .collect();
+        assert_eq!(
+            speakers,
+            [Speaker::Robot, Speaker::Agent, Speaker::Customer]
+        );
     }
 }
