@@ -291,6 +291,20 @@ pub fn timestamp_to_utc(value: &prost_types::Timestamp) -> Option<DateTime<Utc>>
     DateTime::from_timestamp(value.seconds, nanos)
 }
 
+/// An optional request time, validated: INVALID_ARGUMENT on `field` when it is not a valid
+/// timestamp.
+pub fn optional_time(
+    value: Option<&prost_types::Timestamp>,
+    field: &str,
+) -> Result<Option<DateTime<Utc>>, crate::error::ApiError> {
+    value
+        .map(|timestamp| {
+            timestamp_to_utc(timestamp)
+                .ok_or_else(|| crate::error::ApiError::invalid_field(field, "is not a valid time"))
+        })
+        .transpose()
+}
+
 /// A UTC time as a protobuf Timestamp (a leap second's extra nanos are clamped into the second).
 pub fn utc_to_timestamp(value: DateTime<Utc>) -> prost_types::Timestamp {
     let nanos = value.timestamp_subsec_nanos().min(999_999_999);

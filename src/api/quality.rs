@@ -12,7 +12,7 @@ use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::api::convert::timestamp_to_utc;
+use crate::api::convert::optional_time;
 use crate::api::convert_quality::{
     Violations, check_profile, job_to_proto, profile_to_proto, profile_values, rule_set_to_proto,
     rule_set_values, rules_from_proto,
@@ -113,21 +113,15 @@ impl QualityService for QualityApi {
         request: Request<ListRuleSetsRequest>,
     ) -> Result<Response<ListRuleSetsResponse>, Status> {
         handle!(request, |tenant, message| {
-            let (size, after, fingerprint) = page_request(
+            let (rows, next_page_token) = list(
                 &tenant,
-                "ListRuleSets",
-                message.page_size,
-                &message.page_token,
-            )?;
-            let rows = quality_rules::list_rule_sets(
-                &self.pool,
-                &tenant,
-                after.map(ListPosition::from).as_ref(),
-                size.probe_limit(),
+                ("ListRuleSets", message.page_size, &message.page_token),
+                async |after, limit| {
+                    quality_rules::list_rule_sets(&self.pool, &tenant, after, limit).await
+                },
+                |row| (row.create_time, row.id),
             )
             .await?;
-            let (rows, next_page_token) =
-                page(rows, size, fingerprint, |row| (row.create_time, row.id));
             Ok(ListRuleSetsResponse {
                 rule_sets: rows.into_iter().map(rule_set_to_proto).collect(),
                 next_page_token,
@@ -185,21 +179,19 @@ impl QualityService for QualityApi {
         request: Request<ListScoringProfilesRequest>,
     ) -> Result<Response<ListScoringProfilesResponse>, Status> {
         handle!(request, |tenant, message| {
-            let (size, after, fingerprint) = page_request(
+            let (rows, next_page_token) = list(
                 &tenant,
-                "ListScoringProfiles",
-                message.page_size,
-                &message.page_token,
-            )?;
-            let rows = quality_rules::list_profiles(
-                &self.pool,
-                &tenant,
-                after.map(ListPosition::from).as_ref(),
-                size.probe_limit(),
+                (
+                    "ListScoringProfiles",
+                    message.page_size,
+                    &message.page_token,
+                ),
+                async |after, limit| {
+                    quality_rules::list_profiles(&self.pool, &tenant, after, limit).await
+                },
+                |row| (row.create_time, row.id),
             )
             .await?;
-            let (rows, next_page_token) =
-                page(rows, size, fingerprint, |row| (row.create_time, row.id));
             Ok(ListScoringProfilesResponse {
                 profiles: rows.into_iter().map(profile_to_proto).collect(),
                 next_page_token,
@@ -410,17 +402,8 @@ fn rescore_spec(request: &RescoreCallsRequest) -> Result<rescore::JobSpec, ApiEr
                 .map_err(|_| ApiError::invalid_field("task_id", "must be a server id (a UUID)"))?,
         )
     };
-    let time = |value: &Option<prost_types::Timestamp>, field: &str| {
-        value
-            .as_ref()
-            .map(|timestamp| {
-                timestamp_to_utc(timestamp)
-                    .ok_or_else(|| ApiError::invalid_field(field, "is not a valid time"))
-            })
-            .transpose()
-    };
-    let start_time = time(&request.start_time, "start_time")?;
-    let end_time = time(&request.end_time, "end_time")?;
+    let start_time = optional_time(request.start_time.as_ref(), "start_time")?;
+    let end_time = optional_time(request.end_time.as_ref(), "end_time")?;
     if let (Some(start), Some(end)) = (start_time, end_time)
         && start >= end
     {
@@ -513,28 +496,22 @@ impl From<Position> for ListPosition {
     }
 }
 
-fn page_request(
+/// A page of a list in creation order: `fetch` reads the rows after a position, one more than
+/// the page to tell whether another follows; `position` says where a row is. The page and the
+/// next page's token (empty on the last page).
+async fn list<Row>(
     tenant: &TenantId,
-    rpc: &str,
-    page_size: i32,
-    token: &str,
-) -> Result<(PageSize, Option<Position>, Fingerprint), ApiError> {
+    (rpc, page_size, token): (&str, i32, &str),
+    fetch: impl AsyncFnOnce(Option<&ListPosition>, i64) -> Result<Vec<Row>, DbError>,
+    position: impl Fn(&Row) -> ListPosition,
+) -> Result<(Vec<Row>, String), ApiError> {
     let size = PageSize::parse(page_size, PAGE.0, PAGE.1, "page_size")?;
     let fingerprint = Fingerprint::of(tenant, rpc, &());
-    let after = decode_token(token, fingerprint, "page_token")?;
-    Ok((size, after, fingerprint))
-}
-
-/// The page of rows fetched with `size.probe_limit()`, and the next page's token.
-fn page<T>(
-    mut rows: Vec<T>,
-    size: PageSize,
-    fingerprint: Fingerprint,
-    position: impl Fn(&T) -> (DateTime<Utc>, Uuid),
-) -> (Vec<T>, String) {
+    let after: Option<Position> = decode_token(token, fingerprint, "page_token")?;
+    let mut rows = fetch(after.map(ListPosition::from).as_ref(), size.probe_limit()).await?;
     let size = usize::try_from(size.get()).unwrap_or(usize::MAX);
     if rows.len() <= size {
-        return (rows, String::new());
+        return Ok((rows, String::new()));
     }
     rows.truncate(size);
     let token = rows
@@ -544,5 +521,5 @@ fn page<T>(
             encode_token(fingerprint, &Position { time, id })
         })
         .unwrap_or_default();
-    (rows, token)
+    Ok((rows, token))
 }

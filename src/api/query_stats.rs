@@ -29,7 +29,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::api::convert::{timestamp_to_utc, utc_to_timestamp};
+use crate::api::convert::{optional_time, utc_to_timestamp};
 use crate::db::quality;
 use crate::db::stats::{self, CountRow, Dimension, SeriesInterval, StatsQuery, TaskStats};
 use crate::domain::TenantId;
@@ -100,17 +100,8 @@ fn stats_query(request: &GetTaskStatsRequest, now: DateTime<Utc>) -> Result<Stat
     }
     let task_id = Uuid::parse_str(&request.task_id)
         .map_err(|_| ApiError::invalid_field("task_id", "must be a UUID"))?;
-    let time = |value: &Option<prost_types::Timestamp>, field: &str| {
-        value
-            .as_ref()
-            .map(|timestamp| {
-                timestamp_to_utc(timestamp)
-                    .ok_or_else(|| ApiError::invalid_field(field, "is not a valid time"))
-            })
-            .transpose()
-    };
-    let start = time(&request.start_time, "start_time")?;
-    let end = time(&request.end_time, "end_time")?.unwrap_or(now);
+    let start = optional_time(request.start_time.as_ref(), "start_time")?;
+    let end = optional_time(request.end_time.as_ref(), "end_time")?.unwrap_or(now);
     if let Some(start) = start
         && start >= end
     {
