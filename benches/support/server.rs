@@ -200,6 +200,16 @@ impl ServerProcess {
     /// Starts `binary serve` on a free loopback port against `database_url` and waits until
     /// its readiness health entry reports SERVING (so migrations have been applied).
     pub async fn start(binary: &Path, database_url: &str) -> anyhow::Result<Self> {
+        Self::start_with(binary, database_url, &[]).await
+    }
+
+    /// Like [`ServerProcess::start`], with `extra_args` appended to the `serve` command line
+    /// (e.g. `["--quality-at-ingest", "false"]`).
+    pub async fn start_with(
+        binary: &Path,
+        database_url: &str,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
         let port = free_port()?;
         let address = SocketAddr::from(([127, 0, 0, 1], port));
         let log_path =
@@ -219,6 +229,7 @@ impl ServerProcess {
                 "--log",
                 &filter,
             ])
+            .args(extra_args)
             .env("DATABASE_URL", database_url)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))

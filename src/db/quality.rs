@@ -132,10 +132,15 @@ pub struct ComputedFor<'result> {
     pub task_id: Option<Uuid>,
     pub source_format: SourceFormat,
     pub computed: &'result Computed,
+    /// The call was created by this transaction: it has no earlier result to compare with.
+    pub first: bool,
 }
 
 #[derive(Serialize)]
 struct ComputedRow<'result> {
+    /// Time-ordered (v7), so new results append to the primary key's index instead of
+    /// landing on random pages of it.
+    id: Uuid,
     call_id: Uuid,
     call_version: i64,
     task_id: Option<Uuid>,
@@ -147,8 +152,9 @@ struct ComputedRow<'result> {
     violation_count: Option<i32>,
     /// bytea in its text form, `\x` and hex digits.
     content_hash: String,
-    details: serde_json::Value,
+    details: Box<serde_json::value::RawValue>,
     hit_rule_ids: Vec<String>,
+    first: bool,
     #[serde(skip)]
     _result: std::marker::PhantomData<&'result ()>,
 }
@@ -176,7 +182,9 @@ pub async fn store_computed(
         .map(|result| {
             let computed = result.computed;
             let scoring = computed.scoring.as_ref();
+            let details = computed.details_json();
             ComputedRow {
+                id: Uuid::now_v7(),
                 call_id: result.call_id,
                 call_version: result.call_version,
                 task_id: result.task_id,
@@ -186,15 +194,18 @@ pub async fn store_computed(
                 rule_set_id: scoring.map(|scoring| scoring.rule_set_id),
                 rule_set_version: scoring.map(|scoring| scoring.rule_set_version),
                 violation_count: computed.violation_count(),
-                content_hash: computed.content_hash().iter().fold(
+                content_hash: Computed::content_hash_of(&details, scoring).iter().fold(
                     String::from("\\x"),
                     |mut text, byte| {
                         text.push_str(&format!("{byte:02x}"));
                         text
                     },
                 ),
-                details: computed.details(),
+                // The text is JSON made by serde_json, so it is valid as a raw value.
+                details: serde_json::value::RawValue::from_string(details)
+                    .unwrap_or_else(|_| empty_object()),
                 hit_rule_ids: computed.hit_rule_ids(),
+                first: result.first,
                 _result: std::marker::PhantomData,
             }
         })
@@ -223,23 +234,34 @@ pub async fn store_computed(
         .collect())
 }
 
+fn empty_object() -> Box<serde_json::value::RawValue> {
+    serde_json::value::to_raw_value(&serde_json::Map::new())
+        .unwrap_or_else(|_| Box::<serde_json::value::RawValue>::default())
+}
+
 const STORE_COMPUTED_SQL: &str = "
 WITH input AS (
     SELECT *
     FROM json_to_recordset($2::json) AS i(
-        call_id uuid, call_version bigint, task_id uuid, source_format smallint, status smallint,
+        id uuid, call_id uuid, call_version bigint, task_id uuid, source_format smallint, status smallint,
         score double precision, rule_set_id uuid, rule_set_version bigint,
-        violation_count integer, content_hash bytea, details jsonb, hit_rule_ids text[])
+        violation_count integer, content_hash bytea, details jsonb, hit_rule_ids text[],
+        first boolean)
 ), latest AS (
-    SELECT DISTINCT ON (q.call_id) q.call_id, q.version, q.content_hash
-    FROM quality_results q
-    WHERE q.tenant_id = $1 AND q.source = $3 AND q.call_id IN (SELECT call_id FROM input)
-    ORDER BY q.call_id, q.version DESC
+    SELECT i.call_id, l.version, l.content_hash
+    FROM input i
+    CROSS JOIN LATERAL (
+        SELECT q.version, q.content_hash FROM quality_results q
+        WHERE q.tenant_id = $1 AND q.call_id = i.call_id AND q.source = $3
+        ORDER BY q.version DESC
+        LIMIT 1
+    ) l
+    WHERE NOT i.first
 ), inserted AS (
-    INSERT INTO quality_results (tenant_id, call_id, source, version, source_format, status,
+    INSERT INTO quality_results (tenant_id, id, call_id, source, version, source_format, status,
         score, rule_set_id, rule_set_version, violation_count, content_hash, details,
         hit_rule_ids)
-    SELECT $1, i.call_id, $3, coalesce(l.version, 0) + 1, i.source_format, i.status, i.score,
+    SELECT $1, i.id, i.call_id, $3, coalesce(l.version, 0) + 1, i.source_format, i.status, i.score,
         i.rule_set_id, i.rule_set_version, i.violation_count, i.content_hash, i.details,
         i.hit_rule_ids
     FROM input i

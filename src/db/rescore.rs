@@ -283,6 +283,7 @@ async fn try_step(
             source_format: SourceFormat::try_from(i32::from(call.source_format))
                 .unwrap_or(SourceFormat::Unspecified),
             computed,
+            first: false,
         })
         .collect();
     let stored = store_computed(&mut transaction, tenant, &results, true).await?;

@@ -238,6 +238,7 @@ pub(crate) async fn inspect_calls(
             task_id: None,
             source_format: call.source_format,
             computed,
+            first: stored.outcome == StoreOutcome::Created,
         })
         .collect();
     quality::store_computed(connection, tenant, &results, false).await?;
@@ -273,6 +274,7 @@ async fn inspect_segments(
         source_format: SourceFormat::try_from(i32::from(source_format))
             .unwrap_or(imported.source_format),
         computed: &computed,
+        first: false,
     };
     quality::store_computed(connection, tenant, &[result], false).await?;
     Ok(())

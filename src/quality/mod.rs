@@ -196,59 +196,127 @@ impl Computed {
             .map(|scoring| i32::try_from(scoring.scored.hits.len()).unwrap_or(i32::MAX))
     }
 
-    /// The result as stored in `quality_results.details` (the names the API reads back).
+    /// The result as stored in `quality_results.details` (the names the API reads back), with
+    /// unknown values left out.
     pub fn details(&self) -> serde_json::Value {
+        serde_json::to_value(self.stored()).unwrap_or_default()
+    }
+
+    /// [`Self::details`] as JSON text, what is stored and hashed. Written straight from the
+    /// result (no intermediate JSON tree): it is on the ingest path of every call.
+    pub fn details_json(&self) -> String {
+        serde_json::to_string(&self.stored()).unwrap_or_else(|_| "{}".to_owned())
+    }
+
+    fn stored(&self) -> StoredDetails<'_> {
         let metrics = &self.metrics;
-        let mut details = serde_json::json!({
-            "duration_ms": metrics.duration_ms,
-            "sides": metrics.sides,
-            "silence_time_ms": metrics.silence_time_ms,
-            "longest_silence_ms": metrics.longest_silence_ms,
-            "interruption_count": metrics.interruption_count,
-            "interruption_overlap_ms": metrics.interruption_overlap_ms,
-            "customer_last_reply": metrics.customer_last_reply,
-            "end_node": metrics.end_node,
-        });
-        if let (Some(scoring), Some(object)) = (&self.scoring, details.as_object_mut()) {
-            let profile = &scoring.profile;
-            object.insert(
-                "profile".to_owned(),
-                serde_json::json!({
-                    "id": profile.id,
-                    "name": profile.name,
-                    "base": profile.base,
-                    "lower_bound": profile.lower_bound,
-                    "upper_bound": profile.upper_bound,
-                }),
-            );
-            object.insert(
-                "rule_hits".to_owned(),
-                serde_json::to_value(&scoring.scored.hits).unwrap_or_default(),
-            );
-            object.insert(
-                "violations".to_owned(),
+        StoredDetails {
+            duration_ms: metrics.duration_ms,
+            sides: metrics.sides.iter().map(StoredSide).collect(),
+            silence_time_ms: metrics.silence_time_ms,
+            longest_silence_ms: metrics.longest_silence_ms,
+            interruption_count: metrics.interruption_count,
+            interruption_overlap_ms: metrics.interruption_overlap_ms,
+            customer_last_reply: metrics.customer_last_reply.as_deref(),
+            end_node: metrics.end_node.as_deref(),
+            profile: self.scoring.as_ref().map(|scoring| &scoring.profile),
+            rule_hits: self
+                .scoring
+                .as_ref()
+                .map(|scoring| scoring.scored.hits.as_slice()),
+            violations: self.scoring.as_ref().map(|scoring| {
                 scoring
                     .scored
                     .violations
                     .iter()
-                    .map(|(severity, count)| serde_json::json!({"severity": severity, "count": count}))
-                    .collect(),
-            );
+                    .map(|&(severity, count)| StoredViolation { severity, count })
+                    .collect()
+            }),
         }
-        details
     }
 
     /// SHA-256 of everything the result says: equal hashes mean a re-score changed nothing.
     pub fn content_hash(&self) -> Vec<u8> {
+        Self::content_hash_of(&self.details_json(), self.scoring.as_ref())
+    }
+
+    /// [`Self::content_hash`] of a result whose [`Self::details_json`] is already made.
+    pub fn content_hash_of(details_json: &str, scoring: Option<&Scoring>) -> Vec<u8> {
         use sha2::{Digest as _, Sha256};
         let mut hasher = Sha256::new();
-        hasher.update(self.details().to_string());
-        if let Some(scoring) = &self.scoring {
+        hasher.update(details_json);
+        if let Some(scoring) = scoring {
             hasher.update(scoring.rule_set_id.as_bytes());
             hasher.update(scoring.rule_set_version.to_be_bytes());
             hasher.update(scoring.scored.score.to_be_bytes());
         }
         hasher.finalize().to_vec()
+    }
+}
+
+/// The stored form of a computed result (see `Computed::details`).
+#[derive(Serialize)]
+struct StoredDetails<'result> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration_ms: Option<i64>,
+    sides: Vec<StoredSide<'result>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    silence_time_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    longest_silence_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    interruption_count: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    interruption_overlap_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    customer_last_reply: Option<&'result str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    end_node: Option<&'result str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    profile: Option<&'result score::Profile>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule_hits: Option<&'result [score::Hit]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    violations: Option<Vec<StoredViolation>>,
+}
+
+#[derive(Serialize)]
+struct StoredViolation {
+    severity: crate::proto::Severity,
+    count: i32,
+}
+
+/// A side's metrics without its unknown values.
+struct StoredSide<'result>(&'result crate::domain::quality::SideMetrics);
+
+impl Serialize for StoredSide<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let side = self.0;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("speaker", &side.speaker)?;
+        if let Some(channel) = &side.channel {
+            map.serialize_entry("channel", channel)?;
+        }
+        if let Some(value) = side.speaking_time_ms {
+            map.serialize_entry("speaking_time_ms", &value)?;
+        }
+        if let Some(value) = side.speech_ratio {
+            map.serialize_entry("speech_ratio", &value)?;
+        }
+        if let Some(value) = side.speaking_rate_cpm {
+            map.serialize_entry("speaking_rate_cpm", &value)?;
+        }
+        if let Some(value) = side.turn_count {
+            map.serialize_entry("turn_count", &value)?;
+        }
+        if let Some(value) = side.silence_time_ms {
+            map.serialize_entry("silence_time_ms", &value)?;
+        }
+        if !side.emotions.is_empty() {
+            map.serialize_entry("emotions", &side.emotions)?;
+        }
+        map.end()
     }
 }
 

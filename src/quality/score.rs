@@ -39,8 +39,10 @@ pub struct Hit {
     pub rule_id: String,
     pub rule_name: String,
     pub rule_set_version: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub turn_sequence: Option<i32>,
     /// Character (not byte) offset of the match within the turn's text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<i32>,
     pub matched_text: String,
     pub points: f64,
