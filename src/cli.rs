@@ -44,7 +44,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the gRPC API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply pending database migrations, then exit.
     Migrate(DatabaseArgs),
     /// Load files of call records (native JSON lines or vendor payloads) into a running server.
@@ -52,6 +52,8 @@ pub enum Command {
     /// Follow the changes to calls of a running server, one JSON line per event; resumes by
     /// itself after a disconnect.
     Watch(WatchArgs),
+    /// Create, list and revoke API keys (in the database directly).
+    Keys(crate::auth::admin::KeysArgs),
 }
 
 /// Where the database is.
@@ -151,6 +153,24 @@ pub struct ServeArgs {
     /// active rule set) as it is stored. `false` leaves calls unscored until a re-score.
     #[arg(long, env = "CALLSTORE_QUALITY_AT_INGEST", default_value_t = true, action = clap::ArgAction::Set)]
     pub quality_at_ingest: bool,
+    /// Let every request through without credentials, naming its own tenant in x-tenant-id.
+    /// For local development only: anyone who reaches the port can read and write any tenant.
+    #[arg(long, env = "CALLSTORE_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// How long a checked API key is trusted before it is read again (a revoked key is refused
+    /// within this time).
+    #[arg(long, env = "CALLSTORE_AUTH_CACHE_TTL", default_value = "10s", value_parser = parse_duration)]
+    pub auth_cache_ttl: Duration,
+    /// Serve gRPC over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "CALLSTORE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "CALLSTORE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM): mutual TLS. A registered
+    /// certificate (`keys create --client-cert`) authenticates without an API key.
+    #[arg(long, env = "CALLSTORE_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Calls a re-scoring job scores per transaction.
     #[arg(long, env = "CALLSTORE_RESCORE_PAGE", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub rescore_page: u32,
@@ -181,6 +201,20 @@ impl ServeArgs {
         config.watch.send_buffer = self.watch_send_buffer as usize;
         config.group_commit.write.inspect = self.quality_at_ingest;
         config.rescore.page = i64::from(self.rescore_page);
+        config.auth.cache_ttl = self.auth_cache_ttl;
+        // The embedded default database is for development: on a loopback address it serves
+        // without keys, like --insecure-no-auth (and says so loudly at start).
+        let embedded_on_loopback =
+            self.database.database_url.is_none() && self.listen.ip().is_loopback();
+        config.auth.required = !(self.insecure_no_auth || embedded_on_loopback);
+        config.tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::config::TlsSettings {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            }),
+            _ => None,
+        };
         config
     }
 }

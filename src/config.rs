@@ -44,6 +44,38 @@ pub struct Config {
     pub watch: crate::feed::WatchSettings,
     /// How re-scoring jobs run.
     pub rescore: crate::quality::rescore::RescoreSettings,
+    /// How callers are authenticated.
+    pub auth: AuthSettings,
+    /// TLS of the gRPC listener, when set.
+    pub tls: Option<TlsSettings>,
+}
+
+/// How callers are authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthSettings {
+    /// `false` only with `--insecure-no-auth` (or the embedded default on loopback): every
+    /// request is let through and names its own tenant.
+    pub required: bool,
+    /// How long a checked credential is trusted before it is read again.
+    pub cache_ttl: Duration,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            required: true,
+            cache_ttl: crate::auth::DEFAULT_CACHE_TTL,
+        }
+    }
+}
+
+/// TLS of the gRPC listener (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Client certificates signed by this CA are required (mTLS).
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Config {
@@ -73,6 +105,8 @@ impl Config {
             stats: crate::stats::StatsSettings::default(),
             watch: crate::feed::WatchSettings::default(),
             rescore: crate::quality::rescore::RescoreSettings::default(),
+            auth: AuthSettings::default(),
+            tls: None,
         }
     }
 }

@@ -58,6 +58,14 @@ pub enum ApiError {
     #[error("{0}")]
     ResourceExhausted(String),
 
+    /// No valid credentials.
+    #[error("{0}")]
+    Unauthenticated(String),
+
+    /// Valid credentials that do not allow the request.
+    #[error("{0}")]
+    PermissionDenied(String),
+
     #[error("{0}")]
     Unavailable(String),
 
@@ -91,6 +99,8 @@ impl ApiError {
             Self::FailedPrecondition(_) | Self::CursorExpired(_) => Code::FailedPrecondition,
             Self::StreamEnded { .. } => Code::Unavailable,
             Self::ResourceExhausted(_) => Code::ResourceExhausted,
+            Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::Unavailable(_) => Code::Unavailable,
             Self::Aborted(_) => Code::Aborted,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,

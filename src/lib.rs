@@ -4,6 +4,7 @@
 //! the same [`startup::Application`].
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;

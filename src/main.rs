@@ -57,6 +57,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Ingest(args) => Ok(client::ingest::run(args).await),
         // Events on stdout until Ctrl-C or --max-events; reconnections and errors on stderr.
         Command::Watch(args) => Ok(client::watch::run(args).await),
+        // Key management in the database: the new key on stdout, once.
+        Command::Keys(args) => callstore::auth::admin::run(args).await,
     }
 }
 

@@ -135,10 +135,18 @@ impl Application {
         );
         // Ingest's way into the database, shared by the RPCs and the webhooks.
         let store = GroupCommitter::start(pool.clone(), &config.group_commit);
-        let router = Server::builder()
+        let auth = auth_mode(&config, &pool);
+        let mut builder = Server::builder();
+        if let Some(tls) = &config.tls {
+            builder = builder
+                .tls_config(tls_config(tls)?)
+                .context("cannot configure TLS")?;
+        }
+        let router = builder
             .http2_keepalive_interval(Some(config.http2_keepalive_interval))
             .http2_keepalive_timeout(Some(config.http2_keepalive_timeout))
             .trace_fn(|request| tracing::info_span!("grpc", rpc = %request.uri().path()))
+            .layer(crate::auth::layer::AuthLayer::new(auth.clone()))
             .add_service(health_service)
             .add_service(reflection_v1()?)
             .add_service(reflection_v1alpha()?)
@@ -163,7 +171,7 @@ impl Application {
             if let Ok(address) = webhook_listener.local_addr() {
                 tracing::info!(address = %address, "serving webhooks");
             }
-            let app = crate::webhook::router(store.clone());
+            let app = crate::webhook::router(store.clone(), auth.clone());
             tokio::spawn(
                 axum::serve(webhook_listener, app)
                     .with_graceful_shutdown(stop_accepting.clone().cancelled_owned())
@@ -226,6 +234,40 @@ impl Application {
         tracing::info!("stopped");
         outcome.and(drained)
     }
+}
+
+/// How requests are authenticated, said loudly when they are not.
+fn auth_mode(config: &Config, pool: &sqlx::PgPool) -> crate::auth::layer::AuthMode {
+    use crate::auth::layer::AuthMode;
+    if config.auth.required {
+        return AuthMode::Keys(std::sync::Arc::new(crate::auth::Authenticator::new(
+            pool.clone(),
+            config.auth.cache_ttl,
+        )));
+    }
+    tracing::warn!(
+        address = %config.listen_addr,
+        "AUTHENTICATION IS OFF: every request is served without credentials, for the tenant it \
+         names. For local development only (--insecure-no-auth, or the embedded database on a \
+         loopback address); set DATABASE_URL and leave --insecure-no-auth out to require API keys"
+    );
+    AuthMode::Off
+}
+
+/// The listener's TLS from PEM files: its identity, and the client CA for mutual TLS.
+fn tls_config(
+    tls: &crate::config::TlsSettings,
+) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let mut config =
+        ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
+    if let Some(client_ca) = &tls.client_ca {
+        config = config.client_ca_root(Certificate::from_pem(read(client_ca)?));
+    }
+    Ok(config)
 }
 
 fn flatten(

@@ -1,16 +1,21 @@
 //! The webhook bridge: an optional HTTP listener where vendors push payloads directly,
-//! `POST /hooks/{tenant}/{format}`. It runs the same code as `IngestVendorPayload` and answers
+//! `POST /hooks/{tenant}/{format}`, authenticated with a key of the tenant (or an operator
+//! key) with the `ingest` scope: in `authorization: Bearer <key>`, in `x-api-key`, or, for
+//! vendors that can only be given a URL, as a last path segment
+//! (`/hooks/{tenant}/{format}/{key}`). It runs the same code as `IngestVendorPayload` and answers
 //! the vendor's success body only once everything in the payload is committed; any other answer
 //! is an error status, so the vendor sends the payload again (re-deliveries are idempotent).
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde::Deserialize;
 
+use crate::auth::layer::AuthMode;
+use crate::auth::{AuthError, Scope, authorize};
 use crate::domain::TenantId;
 use crate::error::ApiError;
 use crate::ingest::group_commit::GroupCommitter;
@@ -20,12 +25,75 @@ use crate::proto::PayloadFormat;
 /// Largest payload accepted.
 const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
+/// What the webhook handlers share.
+#[derive(Debug, Clone)]
+pub struct HookState {
+    pub store: GroupCommitter,
+    pub auth: AuthMode,
+}
+
 /// The router of the webhook listener.
-pub fn router(store: GroupCommitter) -> Router {
+pub fn router(store: GroupCommitter, auth: AuthMode) -> Router {
     Router::new()
         .route("/hooks/{tenant}/{format}", post(receive))
+        .route("/hooks/{tenant}/{format}/{key}", post(receive_with_key))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(store)
+        .with_state(HookState { store, auth })
+}
+
+async fn receive_with_key(
+    State(state): State<HookState>,
+    Path((tenant, format, key)): Path<(String, String, String)>,
+    query: Query<HookQuery>,
+    body: Bytes,
+) -> Response {
+    handle(
+        state,
+        tenant,
+        format,
+        Some(key),
+        HeaderMap::new(),
+        query,
+        body,
+    )
+    .await
+}
+
+async fn receive(
+    State(state): State<HookState>,
+    Path((tenant, format)): Path<(String, String)>,
+    headers: HeaderMap,
+    query: Query<HookQuery>,
+    body: Bytes,
+) -> Response {
+    handle(state, tenant, format, None, headers, query, body).await
+}
+
+/// Authenticates a webhook for `tenant`: its key from the path or the headers.
+async fn authenticate(
+    auth: &AuthMode,
+    tenant: &TenantId,
+    path_key: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<(), AuthError> {
+    let AuthMode::Keys(authenticator) = auth else {
+        return Ok(());
+    };
+    let header_key = || {
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|text| text.strip_prefix("Bearer "));
+        bearer.or_else(|| {
+            headers
+                .get("x-api-key")
+                .and_then(|value| value.to_str().ok())
+        })
+    };
+    let key = path_key.or_else(header_key).ok_or(AuthError::Missing)?;
+    let principal = authenticator.key(key).await?;
+    authorize(&principal, Scope::Ingest, Some(tenant.as_str()))?;
+    Ok(())
 }
 
 /// Optional query parameters, as on `IngestVendorPayloadRequest`.
@@ -58,10 +126,13 @@ fn format_of(name: &str) -> Option<(PayloadFormat, Reply)> {
     })
 }
 
-#[tracing::instrument(skip(store, query, body), fields(bytes = body.len()))]
-async fn receive(
-    State(store): State<GroupCommitter>,
-    Path((tenant, format)): Path<(String, String)>,
+#[tracing::instrument(skip(state, key, headers, query, body), fields(bytes = body.len()))]
+async fn handle(
+    state: HookState,
+    tenant: String,
+    format: String,
+    key: Option<String>,
+    headers: HeaderMap,
     Query(query): Query<HookQuery>,
     body: Bytes,
 ) -> Response {
@@ -78,6 +149,15 @@ async fn receive(
             );
         }
     };
+    if let Err(error) = authenticate(&state.auth, &tenant, key.as_deref(), &headers).await {
+        let status = match error {
+            AuthError::Missing | AuthError::Invalid => StatusCode::UNAUTHORIZED,
+            AuthError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::FORBIDDEN,
+        };
+        return failure(reply, status, &error.to_string());
+    }
+    let store = state.store;
     let options = PayloadOptions {
         source_system: query.source_system,
         time_zone: query.time_zone,
@@ -131,6 +211,8 @@ fn http_status(error: &ApiError) -> StatusCode {
             StatusCode::UNPROCESSABLE_ENTITY
         }
         ApiError::ResourceExhausted(_) => StatusCode::TOO_MANY_REQUESTS,
+        ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+        ApiError::PermissionDenied(_) => StatusCode::FORBIDDEN,
         ApiError::Unavailable(_) | ApiError::StreamEnded { .. } => StatusCode::SERVICE_UNAVAILABLE,
         ApiError::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
         ApiError::Unimplemented { .. } => StatusCode::NOT_IMPLEMENTED,

@@ -228,6 +228,8 @@ impl ServerProcess {
                 "json",
                 "--log",
                 &filter,
+                // The benches measure the service's own work; they make no API keys.
+                "--insecure-no-auth",
             ])
             .args(extra_args)
             .env("DATABASE_URL", database_url)

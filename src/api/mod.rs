@@ -22,11 +22,22 @@ pub mod watch;
 use crate::domain::TenantId;
 use crate::error::ApiError;
 
-/// Metadata key naming the caller's tenant (until API keys bind callers to tenants).
-pub const TENANT_HEADER: &str = "x-tenant-id";
+/// Metadata key naming the tenant a request acts for (see `auth`).
+pub use crate::auth::TENANT_HEADER;
 
-/// The tenant a request acts for.
+/// The tenant a request acts for: its authenticated caller's, or in `--insecure-no-auth` mode
+/// the one its `x-tenant-id` names. A request that passed neither (no auth layer in front) is
+/// refused: the service never falls back to trusting the request.
 pub fn tenant_of<T>(request: &tonic::Request<T>) -> Result<TenantId, ApiError> {
+    let extensions = request.extensions();
+    if let Some(caller) = extensions.get::<crate::auth::Caller>() {
+        return Ok(caller.tenant.clone());
+    }
+    if extensions.get::<crate::auth::NoAuth>().is_none() {
+        return Err(ApiError::Unauthenticated(
+            "the request was not authenticated".to_owned(),
+        ));
+    }
     let field = format!("metadata.{TENANT_HEADER}");
     let value = request
         .metadata()

@@ -7,6 +7,7 @@ pub mod calls_read;
 pub mod catalog;
 pub mod catalog_read;
 pub mod feed;
+pub mod keys;
 pub mod live;
 pub mod numbers;
 pub mod quality;

@@ -63,6 +63,9 @@ pub fn config_for(database: &PgConnectOptions, customize: impl FnOnce(&mut Confi
     let mut config = Config::new(loopback_port_0(), Some(url));
     config.readiness_interval = Duration::from_millis(100);
     config.shutdown_grace = Duration::from_secs(5);
+    // Tests of other concerns name their tenant in x-tenant-id; tests/api/auth.rs turns
+    // authentication on.
+    config.auth.required = false;
     customize(&mut config);
     config
 }

@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod auth;
 mod batching;
 mod cli_ingest;
 mod cli_watch;
