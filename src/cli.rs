@@ -171,6 +171,26 @@ pub struct ServeArgs {
     /// certificate (`keys create --client-cert`) authenticates without an API key.
     #[arg(long, env = "CALLSTORE_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Unary requests served at once; beyond it requests are refused at once with
+    /// RESOURCE_EXHAUSTED (and a retry delay) instead of queueing.
+    #[arg(long, env = "CALLSTORE_MAX_CONCURRENT_REQUESTS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_concurrent_requests: u32,
+    /// Streams (WatchCalls, IngestCallStream) open at once; beyond it new ones are refused.
+    #[arg(long, env = "CALLSTORE_MAX_CONCURRENT_STREAMS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_concurrent_streams: u32,
+    /// The longest a unary request runs (a shorter client deadline wins); then it is cut,
+    /// its database work cancelled, and the client told DEADLINE_EXCEEDED.
+    #[arg(long, env = "CALLSTORE_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
+    pub request_timeout: Duration,
+    /// Calls per second each tenant may ingest through this replica (0: no limit).
+    #[arg(long, env = "CALLSTORE_INGEST_RATE", default_value_t = crate::limits::DEFAULT_INGEST_RATE)]
+    pub ingest_rate: f64,
+    /// Calls a tenant may ingest at once above its rate.
+    #[arg(long, env = "CALLSTORE_INGEST_BURST", default_value_t = crate::limits::DEFAULT_INGEST_BURST, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ingest_burst: u32,
+    /// The largest request message decoded, in bytes.
+    #[arg(long, env = "CALLSTORE_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024, value_parser = clap::value_parser!(u32).range(1024..))]
+    pub max_message_bytes: u32,
     /// Calls a re-scoring job scores per transaction.
     #[arg(long, env = "CALLSTORE_RESCORE_PAGE", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub rescore_page: u32,
@@ -202,6 +222,12 @@ impl ServeArgs {
         config.group_commit.write.inspect = self.quality_at_ingest;
         config.rescore.page = i64::from(self.rescore_page);
         config.auth.cache_ttl = self.auth_cache_ttl;
+        config.limits.max_concurrent_requests = self.max_concurrent_requests as usize;
+        config.limits.max_concurrent_streams = self.max_concurrent_streams as usize;
+        config.limits.request_timeout = self.request_timeout;
+        config.limits.ingest_rate_per_tenant =
+            (self.ingest_rate > 0.0).then_some((self.ingest_rate, self.ingest_burst));
+        config.limits.max_decoding_message_size = self.max_message_bytes as usize;
         // The embedded default database is for development: on a loopback address it serves
         // without keys, like --insecure-no-auth (and says so loudly at start).
         let embedded_on_loopback =

@@ -48,6 +48,8 @@ pub struct Config {
     pub auth: AuthSettings,
     /// TLS of the gRPC listener, when set.
     pub tls: Option<TlsSettings>,
+    /// Overload protection: concurrency, deadlines, ingest rate, message size.
+    pub limits: crate::limits::LimitSettings,
 }
 
 /// How callers are authenticated.
@@ -107,6 +109,7 @@ impl Config {
             rescore: crate::quality::rescore::RescoreSettings::default(),
             auth: AuthSettings::default(),
             tls: None,
+            limits: crate::limits::LimitSettings::default(),
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod error;
 pub mod feed;
 pub mod health;
 pub mod ingest;
+pub mod limits;
 pub mod quality;
 pub mod startup;
 pub mod stats;

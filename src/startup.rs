@@ -136,6 +136,12 @@ impl Application {
         // Ingest's way into the database, shared by the RPCs and the webhooks.
         let store = GroupCommitter::start(pool.clone(), &config.group_commit);
         let auth = auth_mode(&config, &pool);
+        config.limits.validate().context("invalid limits")?;
+        let overload = crate::limits::OverloadLayer::new(&config.limits);
+        let ingest_rate =
+            crate::limits::IngestRateLimiter::from_settings(config.limits.ingest_rate_per_tenant)
+                .context("invalid ingest rate limit")?;
+        let max_message = config.limits.max_decoding_message_size;
         let mut builder = Server::builder();
         if let Some(tls) = &config.tls {
             builder = builder
@@ -146,20 +152,36 @@ impl Application {
             .http2_keepalive_interval(Some(config.http2_keepalive_interval))
             .http2_keepalive_timeout(Some(config.http2_keepalive_timeout))
             .trace_fn(|request| tracing::info_span!("grpc", rpc = %request.uri().path()))
+            // Outermost: a request over the limits is refused before its key is looked up.
+            .layer(overload)
             .layer(crate::auth::layer::AuthLayer::new(auth.clone()))
             .add_service(health_service)
             .add_service(reflection_v1()?)
             .add_service(reflection_v1alpha()?)
-            .add_service(proto::ingest_service_server::IngestServiceServer::new(
-                api::ingest::IngestApi::new(pool.clone(), config.ingest.clone(), store.clone()),
-            ))
-            .add_service(proto::query_service_server::QueryServiceServer::new(
-                api::query::QueryApi::new(pool.clone()),
-            ))
+            .add_service(
+                proto::ingest_service_server::IngestServiceServer::new(
+                    api::ingest::IngestApi::new(
+                        pool.clone(),
+                        config.ingest.clone(),
+                        store.clone(),
+                        ingest_rate,
+                    ),
+                )
+                .max_decoding_message_size(max_message),
+            )
+            .add_service(
+                proto::query_service_server::QueryServiceServer::new(api::query::QueryApi::new(
+                    pool.clone(),
+                ))
+                .max_decoding_message_size(max_message),
+            )
             .add_service(api::watch::WatchApi::new(hub))
-            .add_service(proto::quality_service_server::QualityServiceServer::new(
-                api::quality::QualityApi::new(pool.clone(), rescore),
-            ));
+            .add_service(
+                proto::quality_service_server::QualityServiceServer::new(
+                    api::quality::QualityApi::new(pool.clone(), rescore),
+                )
+                .max_decoding_message_size(max_message),
+            );
 
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let stop_accepting = CancellationToken::new();

@@ -19,6 +19,7 @@ use crate::ingest::group_commit::GroupCommitter;
 use crate::ingest::payload::{IngestedPayload, PayloadOptions, ingest_payload};
 use crate::ingest::writer::CatalogItem;
 use crate::ingest::{Batch, writer};
+use crate::limits::IngestRateLimiter;
 use crate::proto::ingest_service_server::IngestService;
 use crate::proto::{
     CallRecord, IngestCallStreamRequest, IngestCallStreamResponse, IngestCallsRequest,
@@ -51,15 +52,32 @@ pub struct IngestApi {
     pool: PgPool,
     limits: IngestLimits,
     store: GroupCommitter,
+    rate: IngestRateLimiter,
 }
 
 impl IngestApi {
-    pub fn new(pool: PgPool, limits: IngestLimits, store: GroupCommitter) -> Self {
+    pub fn new(
+        pool: PgPool,
+        limits: IngestLimits,
+        store: GroupCommitter,
+        rate: IngestRateLimiter,
+    ) -> Self {
         Self {
             pool,
             limits,
             store,
+            rate,
         }
+    }
+
+    /// Takes `calls` from the tenant's ingest rate, or refuses the request with
+    /// RESOURCE_EXHAUSTED and how long to wait.
+    fn take_rate(&self, tenant: &TenantId, calls: usize) -> Result<(), Status> {
+        let calls = u32::try_from(calls).unwrap_or(u32::MAX);
+        self.rate.check(tenant, calls).map_err(|retry_after| {
+            tracing::info!(tenant = %tenant, calls, retry_after_ms = retry_after.as_millis() as u64, "ingest over the tenant's rate");
+            crate::limits::rate_limited_status(retry_after)
+        })
     }
 }
 
@@ -82,6 +100,7 @@ impl IngestService for IngestApi {
             )
             .into());
         }
+        self.take_rate(&tenant, records.len())?;
 
         let records = records.into_iter().map(Some).collect();
         let results = self
@@ -246,6 +265,8 @@ impl IngestService for IngestApi {
         request: Request<IngestVendorPayloadRequest>,
     ) -> Result<Response<IngestVendorPayloadResponse>, Status> {
         let tenant = tenant_of(&request)?;
+        // A payload is taken as one call of the rate: it is refused before it is parsed.
+        self.take_rate(&tenant, 1)?;
         let request = request.into_inner();
         let format = PayloadFormat::try_from(request.format)
             .map_err(|_| ApiError::invalid_field("format", "is not a known payload format"))?;
@@ -365,6 +386,7 @@ impl IngestService for IngestApi {
         &self,
         request: Request<crate::proto::OpenCallRequest>,
     ) -> Result<Response<crate::proto::OpenCallResponse>, Status> {
+        self.take_rate(&tenant_of(&request)?, 1)?;
         let response = super::ingest_live::open_call(&self.pool, &self.limits, request).await?;
         Ok(Response::new(response))
     }
@@ -381,6 +403,7 @@ impl IngestService for IngestApi {
         &self,
         request: Request<crate::proto::CompleteCallRequest>,
     ) -> Result<Response<crate::proto::CompleteCallResponse>, Status> {
+        self.take_rate(&tenant_of(&request)?, 1)?;
         let response = super::ingest_live::complete_call(
             &self.pool,
             &self.limits,

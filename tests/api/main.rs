@@ -11,6 +11,7 @@ mod cli_watch;
 mod embedded_database;
 mod health;
 mod ingest;
+mod limits;
 mod live_calls;
 mod migrations;
 mod quality;
