@@ -43,6 +43,7 @@ async fn migrations_apply_to_an_empty_database_and_are_idempotent() {
     assert_eq!(
         tables,
         [
+            "api_keys",
             "call_attempts",
             "call_stats_buckets",
             "call_stats_deltas",
