@@ -110,6 +110,9 @@ pub struct ServeArgs {
     /// Also listen for vendor webhooks (`POST /hooks/{tenant}/{format}`) on this address.
     #[arg(long, env = "CALLSTORE_WEBHOOK_LISTEN")]
     pub webhook_listen: Option<SocketAddr>,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address.
+    #[arg(long, env = "CALLSTORE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// HTTP/2 keepalive ping timeout.
     #[arg(long, env = "CALLSTORE_HTTP2_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub http2_keepalive_timeout: Duration,
@@ -208,6 +211,7 @@ impl ServeArgs {
         config.http2_keepalive_interval = self.http2_keepalive_interval;
         config.http2_keepalive_timeout = self.http2_keepalive_timeout;
         config.webhook_listen_addr = self.webhook_listen;
+        config.metrics_listen_addr = self.metrics_listen;
         config.group_commit.writers = usize::from(self.group_commit_writers);
         config.group_commit.max_group = self.group_commit_max_calls as usize;
         config.stats.compaction_interval = self.stats_compaction_interval;

@@ -50,6 +50,8 @@ pub struct Config {
     pub tls: Option<TlsSettings>,
     /// Overload protection: concurrency, deadlines, ingest rate, message size.
     pub limits: crate::limits::LimitSettings,
+    /// Address of the optional metrics listener (`GET /metrics`, Prometheus text).
+    pub metrics_listen_addr: Option<SocketAddr>,
 }
 
 /// How callers are authenticated.
@@ -110,6 +112,7 @@ impl Config {
             auth: AuthSettings::default(),
             tls: None,
             limits: crate::limits::LimitSettings::default(),
+            metrics_listen_addr: None,
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod feed;
 pub mod health;
 pub mod ingest;
 pub mod limits;
+pub mod metrics;
 pub mod quality;
 pub mod startup;
 pub mod stats;

@@ -10,17 +10,24 @@ use callstore::{client, db, telemetry};
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(error) = telemetry::init(cli.log_format, &cli.log, std::io::stderr) {
-        eprintln!("callstore: {error:#}");
-        return ExitCode::FAILURE;
-    }
-    match run(cli.command).await {
+    // Logs, and trace spans by OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    let mut telemetry = match telemetry::init_with_otlp(cli.log_format, &cli.log, std::io::stderr) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("callstore: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match run(cli.command).await {
         Ok(code) => code,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "callstore failed");
             ExitCode::FAILURE
         }
-    }
+    };
+    // The last spans are sent before the runtime ends.
+    telemetry.shutdown();
+    code
 }
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {

@@ -30,6 +30,7 @@ pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
     webhook_listener: Option<TcpListener>,
+    metrics_listener: Option<TcpListener>,
     pool: PgPool,
     database: ResolvedDatabase,
 }
@@ -53,11 +54,20 @@ impl Application {
             ),
             None => None,
         };
+        let metrics_listener = match config.metrics_listen_addr {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("cannot listen for metrics on {address}"))?,
+            ),
+            None => None,
+        };
         Ok(Self {
             config,
             listener,
             local_addr,
             webhook_listener,
+            metrics_listener,
             pool,
             database,
         })
@@ -71,6 +81,13 @@ impl Application {
     /// The address of the webhook listener, when there is one.
     pub fn webhook_addr(&self) -> Option<SocketAddr> {
         self.webhook_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
+    }
+
+    /// The address of the metrics listener (`/metrics`), when there is one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
             .as_ref()
             .and_then(|listener| listener.local_addr().ok())
     }
@@ -101,6 +118,7 @@ impl Application {
             listener,
             local_addr,
             webhook_listener,
+            metrics_listener,
             pool,
             mut database,
         } = self;
@@ -151,8 +169,10 @@ impl Application {
         let router = builder
             .http2_keepalive_interval(Some(config.http2_keepalive_interval))
             .http2_keepalive_timeout(Some(config.http2_keepalive_timeout))
-            .trace_fn(|request| tracing::info_span!("grpc", rpc = %request.uri().path()))
-            // Outermost: a request over the limits is refused before its key is looked up.
+            .trace_fn(crate::telemetry::rpc_span)
+            // RED metrics of every RPC, refusals of the layers below included.
+            .layer(crate::metrics::global().layer())
+            // Then the limits: a request over them is refused before its key is looked up.
             .layer(overload)
             .layer(crate::auth::layer::AuthLayer::new(auth.clone()))
             .add_service(health_service)
@@ -199,6 +219,18 @@ impl Application {
                     .with_graceful_shutdown(stop_accepting.clone().cancelled_owned())
                     .into_future(),
             )
+        });
+
+        let metrics = metrics_listener.map(|metrics_listener| {
+            if let Ok(address) = metrics_listener.local_addr() {
+                tracing::info!(address = %address, "serving metrics on /metrics");
+            }
+            tokio::spawn(crate::metrics::serve(
+                metrics_listener,
+                crate::metrics::global().clone(),
+                Some(pool.clone()),
+                stop_accepting.clone().cancelled_owned(),
+            ))
         });
 
         // Whatever ends the serving, the way out is the same: readiness off, stop accepting,
@@ -248,6 +280,13 @@ impl Application {
                 .is_err()
         {
             webhook.abort();
+        }
+        if let Some(mut metrics) = metrics
+            && tokio::time::timeout_at(deadline, &mut metrics)
+                .await
+                .is_err()
+        {
+            metrics.abort();
         }
         pool.close().await;
         if let Some(private_server) = database.private_server.as_mut() {

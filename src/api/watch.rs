@@ -57,6 +57,12 @@ impl WatchApi {
             self.hub.settings().heartbeat_interval,
         )?;
         let stream = subscription::watch(&self.hub, request).await?;
+        // The gauge of open streams goes down when the stream is dropped.
+        let open = crate::metrics::global().stream_opened();
+        let stream: WatchStream = Box::pin(futures::StreamExt::map(stream, move |item| {
+            let _open = &open;
+            item
+        }));
         Ok(Response::new(stream))
     }
 }

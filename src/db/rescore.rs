@@ -309,6 +309,7 @@ async fn try_step(
     .execute(&mut *transaction)
     .await?;
     transaction.commit().await?;
+    crate::metrics::global().record_rescore(u64::try_from(stored.len()).unwrap_or(u64::MAX));
     Ok(if finished {
         Step::Finished
     } else {

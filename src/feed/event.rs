@@ -58,6 +58,8 @@ pub struct Event {
     pub basic: Bytes,
     /// The cursor after the event, for a stream without a snapshot to skip.
     pub cursor: Arc<str>,
+    /// When the change was committed (the feed row's time).
+    pub time: chrono::DateTime<chrono::Utc>,
 }
 
 impl Event {
@@ -75,6 +77,7 @@ impl Event {
             _ => full.clone(),
         };
         Self {
+            time: row.create_time,
             position: row.position,
             writer_tx: row.writer_tx,
             kind: row.kind,

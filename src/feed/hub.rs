@@ -339,6 +339,10 @@ impl Inner {
             let held_back = waiting_for.is_some_and(|key| page.next.tx <= key);
             if page.next > head {
                 let events = event::load(&self.pool, tenant, page.rows).await?;
+                if let Some(newest) = events.last() {
+                    let lag = chrono::Utc::now() - newest.time;
+                    crate::metrics::global().set_feed_lag(lag.as_seconds_f64());
+                }
                 let batch = Arc::new(Batch {
                     from: head,
                     to: page.next,
@@ -354,6 +358,10 @@ impl Inner {
                 }
             }
             if !full {
+                if !held_back {
+                    // Caught up: nothing committed waits to be delivered.
+                    crate::metrics::global().set_feed_lag(0.0);
+                }
                 return Ok(if held_back {
                     Publish::HeldBack
                 } else {

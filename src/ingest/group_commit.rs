@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
+use tracing::Instrument as _;
 
 use crate::db::DbError;
 use crate::db::calls::StoredCall;
@@ -127,7 +128,9 @@ impl GroupCommitter {
     ) -> Result<BatchResults, ApiError> {
         if !batch.has_only_calls() || batch.calls.is_empty() || batch.calls.len() > self.max_request
         {
-            return Ok(store_batch(&self.pool, tenant, batch, self.write).await?);
+            return Ok(store_batch(&self.pool, tenant, batch, self.write)
+                .instrument(crate::telemetry::db_span("store_batch"))
+                .await?);
         }
         let mut results = BatchResults::default();
         for result in self.store(tenant, batch.calls.clone()).await {
@@ -214,7 +217,10 @@ async fn write_group(pool: &PgPool, writer: usize, jobs: Vec<Job>, write: WriteO
             ..Batch::default()
         };
         let started = std::time::Instant::now();
-        let stored = store_batch(pool, &tenant, &batch, write).await;
+        crate::metrics::global().observe_group_commit(batch.calls.len());
+        let stored = store_batch(pool, &tenant, &batch, write)
+            .instrument(crate::telemetry::db_span("group_commit"))
+            .await;
         tracing::debug!(
             writer,
             tenant = %tenant,

@@ -32,6 +32,22 @@ pub struct BatchResults {
     pub quality: Vec<Result<StoredQuality, DbError>>,
 }
 
+/// Counts the calls of a committed batch by outcome, and the turns written.
+fn record_calls(batch: &Batch, results: &BatchResults) {
+    let metrics = crate::metrics::global();
+    for (call, result) in batch.calls.iter().zip(&results.calls) {
+        match result {
+            Ok(stored) => {
+                metrics.record_ingest(stored.outcome.into(), 1);
+                if stored.outcome != StoreOutcome::Unchanged {
+                    metrics.record_turns(u64::try_from(call.turns.len()).unwrap_or(u64::MAX));
+                }
+            }
+            Err(_) => metrics.record_ingest(crate::metrics::IngestOutcome::Rejected, 1),
+        }
+    }
+}
+
 /// How a batch is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriteOptions {
@@ -61,7 +77,10 @@ pub async fn store_batch(
     let mut mode = Mode::Together;
     loop {
         match try_store_batch(pool, tenant, batch, mode, options).await {
-            Ok(results) => return Ok(results),
+            Ok(results) => {
+                record_calls(batch, &results);
+                return Ok(results);
+            }
             Err(BatchError::Calls(error)) if mode == Mode::Together => {
                 tracing::debug!(error = %error, "a call of the batch failed; storing them one by one");
                 mode = Mode::OneByOne;

@@ -38,6 +38,8 @@ pub struct TestApp {
     pub address: SocketAddr,
     /// The webhook listener, when the configuration asked for one.
     pub webhook: Option<SocketAddr>,
+    /// The metrics listener, when the configuration asked for one.
+    pub metrics: Option<SocketAddr>,
     /// Options for connecting to the test's own database.
     pub database: PgConnectOptions,
     shutdown: Option<oneshot::Sender<()>>,
@@ -82,6 +84,7 @@ pub async fn start(config: Config) -> TestApp {
         .expect("the application builds");
     let address = application.local_addr();
     let webhook = application.webhook_addr();
+    let metrics = application.metrics_addr();
     let database = application.database_connect_options().clone();
     let (shutdown, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(application.run_until_stopped(async {
@@ -90,6 +93,7 @@ pub async fn start(config: Config) -> TestApp {
     TestApp {
         address,
         webhook,
+        metrics,
         database,
         shutdown: Some(shutdown),
         server: Some(server),

@@ -21,6 +21,7 @@ mod query_detail;
 mod query_stats;
 mod reflection;
 mod shutdown;
+mod telemetry;
 mod upsert;
 mod watch;
 mod watch_delivery;
