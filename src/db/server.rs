@@ -366,6 +366,46 @@ impl PrivatePostgres {
         Ok(())
     }
 
+    /// Stops the server at once, as a crash would (`pg_ctl stop -m immediate`: no checkpoint;
+    /// the next start recovers from the WAL). For crash-safety drills.
+    pub async fn stop_immediately(&self) -> anyhow::Result<()> {
+        self.run_pg(
+            "pg_ctl",
+            &[
+                "stop".as_ref(),
+                "--wait".as_ref(),
+                "--silent".as_ref(),
+                "-m".as_ref(),
+                "immediate".as_ref(),
+                "-D".as_ref(),
+                self.data_dir.as_os_str(),
+            ],
+        )
+        .await
+    }
+
+    /// Starts the server again on its port after [`Self::stop_immediately`].
+    pub async fn start_again(&self) -> anyhow::Result<()> {
+        let port_option = format!("-p {}", self.port);
+        let log_file = self.data_dir.join("server.log");
+        self.run_pg(
+            "pg_ctl",
+            &[
+                "start".as_ref(),
+                "--wait".as_ref(),
+                "--timeout=60".as_ref(),
+                "--silent".as_ref(),
+                "-D".as_ref(),
+                self.data_dir.as_os_str(),
+                "-l".as_ref(),
+                log_file.as_os_str(),
+                "-o".as_ref(),
+                port_option.as_ref(),
+            ],
+        )
+        .await
+    }
+
     async fn has_other_clients(&self) -> bool {
         let Ok(mut connection) = self.connect_options("postgres").connect().await else {
             return false;
