@@ -284,24 +284,7 @@ impl PrivatePostgres {
         // A free port is only free until someone takes it: try a few.
         for _attempt in 0..3 {
             server.port = free_port()?;
-            let port_option = format!("-p {}", server.port);
-            let started = server
-                .run_pg(
-                    "pg_ctl",
-                    &[
-                        "start".as_ref(),
-                        "--wait".as_ref(),
-                        "--timeout=60".as_ref(),
-                        "--silent".as_ref(),
-                        "-D".as_ref(),
-                        server.data_dir.as_os_str(),
-                        "-l".as_ref(),
-                        log_file.as_os_str(),
-                        "-o".as_ref(),
-                        port_option.as_ref(),
-                    ],
-                )
-                .await;
+            let started = server.pg_ctl_start().await;
             match started {
                 Ok(()) => {
                     server.owned = true;
@@ -349,19 +332,7 @@ impl PrivatePostgres {
             );
             return Ok(());
         }
-        self.run_pg(
-            "pg_ctl",
-            &[
-                "stop".as_ref(),
-                "--wait".as_ref(),
-                "--silent".as_ref(),
-                "-m".as_ref(),
-                "fast".as_ref(),
-                "-D".as_ref(),
-                self.data_dir.as_os_str(),
-            ],
-        )
-        .await?;
+        self.pg_ctl_stop("fast").await?;
         tracing::info!("stopped the private PostgreSQL server");
         Ok(())
     }
@@ -369,23 +340,16 @@ impl PrivatePostgres {
     /// Stops the server at once, as a crash would (`pg_ctl stop -m immediate`: no checkpoint;
     /// the next start recovers from the WAL). For crash-safety drills.
     pub async fn stop_immediately(&self) -> anyhow::Result<()> {
-        self.run_pg(
-            "pg_ctl",
-            &[
-                "stop".as_ref(),
-                "--wait".as_ref(),
-                "--silent".as_ref(),
-                "-m".as_ref(),
-                "immediate".as_ref(),
-                "-D".as_ref(),
-                self.data_dir.as_os_str(),
-            ],
-        )
-        .await
+        self.pg_ctl_stop("immediate").await
     }
 
     /// Starts the server again on its port after [`Self::stop_immediately`].
     pub async fn start_again(&self) -> anyhow::Result<()> {
+        self.pg_ctl_start().await
+    }
+
+    /// `pg_ctl start` on the server's port, logging to `server.log` in the data directory.
+    async fn pg_ctl_start(&self) -> anyhow::Result<()> {
         let port_option = format!("-p {}", self.port);
         let log_file = self.data_dir.join("server.log");
         self.run_pg(
@@ -401,6 +365,23 @@ impl PrivatePostgres {
                 log_file.as_os_str(),
                 "-o".as_ref(),
                 port_option.as_ref(),
+            ],
+        )
+        .await
+    }
+
+    /// `pg_ctl stop` in `mode` (`fast`, `immediate`).
+    async fn pg_ctl_stop(&self, mode: &str) -> anyhow::Result<()> {
+        self.run_pg(
+            "pg_ctl",
+            &[
+                "stop".as_ref(),
+                "--wait".as_ref(),
+                "--silent".as_ref(),
+                "-m".as_ref(),
+                mode.as_ref(),
+                "-D".as_ref(),
+                self.data_dir.as_os_str(),
             ],
         )
         .await
