@@ -412,7 +412,9 @@ pub fn quality_to_proto(row: QualityRow) -> proto::QualityResult {
             .rule_set_version
             .or_else(|| i64_of(field("rule_set_version")))
             .unwrap_or_default(),
-        rule_hits: list_of(field("rule_hits"), rule_hit_of),
+        rule_hits: list_of(field("rule_hits"), |hit| {
+            rule_hit_of(hit, row.rule_set_version.unwrap_or_default())
+        }),
         violations: list_of(field("violations"), severity_count_of),
         violation_count: row.violation_count,
         deal: field("deal").and_then(Value::as_bool),
@@ -470,17 +472,19 @@ fn profile_of(value: &Value) -> Option<proto::ScoringProfile> {
     })
 }
 
-fn rule_hit_of(value: &Value) -> Option<proto::RuleHit> {
-    let field = |name: &str| value.get(name);
+/// A stored rule hit, by its long keys or the short ones computed results use (`r`, `n`, `t`,
+/// `o`, `m`, `p`, `s`); a hit without its own rule-set version has the result's.
+fn rule_hit_of(value: &Value, result_rule_set_version: i64) -> Option<proto::RuleHit> {
+    let field = |long: &str, short: &str| value.get(long).or_else(|| value.get(short));
     Some(proto::RuleHit {
-        rule_id: string_of(field("rule_id")),
-        rule_name: string_of(field("rule_name")),
-        rule_set_version: i64_of(field("rule_set_version")).unwrap_or_default(),
-        turn_sequence: i32_of(field("turn_sequence")),
-        offset: i32_of(field("offset")),
-        matched_text: string_of(field("matched_text")),
-        points: f64_of(field("points")).unwrap_or_default(),
-        severity: enum_of(field("severity"), proto::Severity::from_str_name),
+        rule_id: string_of(field("rule_id", "r")),
+        rule_name: string_of(field("rule_name", "n")),
+        rule_set_version: i64_of(value.get("rule_set_version")).unwrap_or(result_rule_set_version),
+        turn_sequence: i32_of(field("turn_sequence", "t")),
+        offset: i32_of(field("offset", "o")),
+        matched_text: string_of(field("matched_text", "m")),
+        points: f64_of(field("points", "p")).unwrap_or_default(),
+        severity: enum_of(field("severity", "s"), proto::Severity::from_str_name),
     })
 }
 

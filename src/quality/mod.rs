@@ -223,7 +223,7 @@ impl Computed {
             rule_hits: self
                 .scoring
                 .as_ref()
-                .map(|scoring| scoring.scored.hits.as_slice()),
+                .map(|scoring| scoring.scored.hits.iter().map(StoredHit::of).collect()),
             violations: self.scoring.as_ref().map(|scoring| {
                 scoring
                     .scored
@@ -275,9 +275,47 @@ struct StoredDetails<'result> {
     #[serde(skip_serializing_if = "Option::is_none")]
     profile: Option<&'result score::Profile>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    rule_hits: Option<&'result [score::Hit]>,
+    rule_hits: Option<Vec<StoredHit<'result>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     violations: Option<Vec<StoredViolation>>,
+}
+
+/// A rule hit as stored: short keys, as every scored call has several (a result's rule-set
+/// version is its column, not repeated per hit). `convert_read` reads both these keys and the
+/// long ones.
+#[derive(Serialize)]
+struct StoredHit<'result> {
+    /// Rule id.
+    r: &'result str,
+    /// Rule name.
+    n: &'result str,
+    /// Turn sequence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    t: Option<i32>,
+    /// Character offset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    o: Option<i32>,
+    /// Matched text.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    m: &'result str,
+    /// Points.
+    p: f64,
+    /// Severity (its enum number).
+    s: i32,
+}
+
+impl<'result> StoredHit<'result> {
+    fn of(hit: &'result score::Hit) -> Self {
+        Self {
+            r: &hit.rule_id,
+            n: &hit.rule_name,
+            t: hit.turn_sequence,
+            o: hit.offset,
+            m: &hit.matched_text,
+            p: hit.points,
+            s: hit.severity as i32,
+        }
+    }
 }
 
 #[derive(Serialize)]
