@@ -159,11 +159,33 @@ pub async fn list_profiles(
     after: Option<&ListPosition>,
     limit: i64,
 ) -> Result<Vec<ProfileRow>, DbError> {
+    list_after(
+        pool,
+        tenant,
+        &format!("SELECT {PROFILE_COLUMNS} FROM scoring_profiles WHERE tenant_id = $1"),
+        "",
+        after,
+        limit,
+    )
+    .await
+}
+
+/// Rows of `select` (which binds the tenant as `$1`) in `(create_time, id)` order of the table
+/// aliased `alias` (empty: unaliased), after `after`.
+async fn list_after<Row>(
+    pool: &PgPool,
+    tenant: &TenantId,
+    select: &str,
+    alias: &str,
+    after: Option<&ListPosition>,
+    limit: i64,
+) -> Result<Vec<Row>, DbError>
+where
+    Row: for<'row> FromRow<'row, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    let key = format!("({alias}create_time, {alias}id)");
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {PROFILE_COLUMNS} FROM scoring_profiles
-         WHERE tenant_id = $1 AND ($2::timestamptz IS NULL OR (create_time, id) > ($2, $3))
-         ORDER BY create_time, id
-         LIMIT $4"
+        "{select} AND ($2::timestamptz IS NULL OR {key} > ($2, $3)) ORDER BY {key} LIMIT $4"
     )))
     .bind(tenant.as_str())
     .bind(after.map(|(time, _)| *time))
@@ -291,21 +313,21 @@ pub async fn list_rule_sets(
     after: Option<&ListPosition>,
     limit: i64,
 ) -> Result<Vec<RuleSetRow>, DbError> {
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {RULE_SET_COLUMNS}
-         FROM rule_sets r
-         JOIN rule_set_versions v
-           ON v.tenant_id = r.tenant_id AND v.rule_set_id = r.id AND v.version = r.version
-         WHERE r.tenant_id = $1 AND ($2::timestamptz IS NULL OR (r.create_time, r.id) > ($2, $3))
-         ORDER BY r.create_time, r.id
-         LIMIT $4"
-    )))
-    .bind(tenant.as_str())
-    .bind(after.map(|(time, _)| *time))
-    .bind(after.map(|(_, id)| *id))
-    .bind(limit)
-    .fetch_all(pool)
-    .await?)
+    list_after(
+        pool,
+        tenant,
+        &format!(
+            "SELECT {RULE_SET_COLUMNS}
+             FROM rule_sets r
+             JOIN rule_set_versions v
+               ON v.tenant_id = r.tenant_id AND v.rule_set_id = r.id AND v.version = r.version
+             WHERE r.tenant_id = $1"
+        ),
+        "r.",
+        after,
+        limit,
+    )
+    .await
 }
 
 /// Updates a rule set: `change` edits its current values (and may refuse them). A change of
