@@ -58,6 +58,15 @@ pub async fn track_readiness(
         retry = (retry * 2).min(RETRY_MAX);
     }
     tracing::info!("database migrated");
+    match db::row_security_enforced(&pool).await {
+        Ok(true) => tracing::info!("row-level security binds the database role"),
+        Ok(false) => tracing::warn!(
+            "the database role is a superuser or has BYPASSRLS: row-level security does not \
+             isolate tenants in the database; connect as an ordinary role (README, \"Tenant \
+             isolation\")"
+        ),
+        Err(error) => tracing::warn!(error = %error, "could not check the database role"),
+    }
 
     let mut serving = false;
     loop {

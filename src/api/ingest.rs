@@ -454,15 +454,9 @@ impl IngestApi {
         }
         let task_id = uuid::Uuid::parse_str(&request.task_id)
             .map_err(|_| ApiError::invalid_field("task_id", "must be a task id (a UUID)"))?;
-        let key: Option<(String, String)> = sqlx::query_as(
-            "SELECT source_system, source_task_id FROM tasks WHERE tenant_id = $1 AND id = $2",
-        )
-        .bind(tenant.as_str())
-        .bind(task_id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|error| ApiError::from(DbError::from(error)))?;
-        let (system, id) = key.ok_or(ApiError::NotFound { resource: "task" })?;
+        let (system, id) = crate::db::catalog_read::task_source_key(&self.pool, tenant, task_id)
+            .await?
+            .ok_or(ApiError::NotFound { resource: "task" })?;
         Ok(SourceKey { system, id })
     }
 

@@ -104,7 +104,7 @@ pub(super) async fn get_task(
     request: GetTaskRequest,
 ) -> Result<GetTaskResponse, ApiError> {
     let task_id = required_id(&request.task_id, "task_id")?;
-    let mut connection = pool.acquire().await.map_err(crate::db::DbError::from)?;
+    let mut connection = crate::db::begin(pool, tenant).await?;
     let task = catalog_read::tasks_by_ids(&mut connection, tenant, &[task_id])
         .await?
         .into_iter()

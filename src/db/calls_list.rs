@@ -62,7 +62,8 @@ pub async fn explain_page(
     limit: i64,
 ) -> Result<Vec<String>, DbError> {
     let mut sql = page_statement("EXPLAIN (ANALYZE, BUFFERS) ", tenant, query, after, limit);
-    Ok(sql.build_query_scalar().fetch_all(pool).await?)
+    let mut connection = super::begin(pool, tenant).await?;
+    Ok(sql.build_query_scalar().fetch_all(&mut *connection).await?)
 }
 
 fn page_statement(
@@ -124,7 +125,8 @@ pub async fn list_page(
     limit: i64,
 ) -> Result<Vec<CallPosition>, DbError> {
     let mut sql = page_query(tenant, query, after, limit);
-    let rows: Vec<(Uuid, i64)> = sql.build_query_as().fetch_all(pool).await?;
+    let mut connection = super::begin(pool, tenant).await?;
+    let rows: Vec<(Uuid, i64)> = sql.build_query_as().fetch_all(&mut *connection).await?;
     Ok(rows
         .into_iter()
         .map(|(id, key)| CallPosition { key, id })
@@ -139,7 +141,8 @@ pub async fn count(
     query: &CallListQuery,
 ) -> Result<(i64, bool), DbError> {
     let mut sql = count_query(tenant, query);
-    let exact: i64 = sql.build_query_scalar().fetch_one(pool).await?;
+    let mut connection = super::begin(pool, tenant).await?;
+    let exact: i64 = sql.build_query_scalar().fetch_one(&mut *connection).await?;
     if exact <= EXACT_COUNT_LIMIT {
         return Ok((exact, false));
     }
@@ -148,7 +151,10 @@ pub async fn count(
         QueryBuilder::new("EXPLAIN (FORMAT JSON) SELECT 1 FROM calls c WHERE c.tenant_id = ");
     explain.push_bind(tenant.as_str().to_owned());
     push_filters(&mut explain, tenant, query);
-    let plan: serde_json::Value = explain.build_query_scalar().fetch_one(pool).await?;
+    let plan: serde_json::Value = explain
+        .build_query_scalar()
+        .fetch_one(&mut *connection)
+        .await?;
     let estimate = plan
         .pointer("/0/Plan/Plan Rows")
         .and_then(serde_json::Value::as_f64)

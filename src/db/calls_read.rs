@@ -303,22 +303,26 @@ pub async fn load_calls(
     }
     match embed {
         CallEmbed::Basic => {
-            let rows = fetch_rows(pool, tenant, ids).await?;
+            let mut connection = super::begin(pool, tenant).await?;
+            let rows = fetch_rows(&mut *connection, tenant, ids).await?;
             Ok(in_order(rows, ids)
                 .into_iter()
                 .map(CallRead::basic)
                 .collect())
         }
         CallEmbed::Full => {
-            let mut connection = pool.acquire().await?;
+            let mut connection = super::begin(pool, tenant).await?;
             let rows = fetch_rows(&mut *connection, tenant, ids).await?;
             let calls = in_order(rows, ids);
             embed_full(&mut connection, tenant, calls).await
         }
         CallEmbed::Detail => {
-            let mut transaction = pool
-                .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                .await?;
+            let mut transaction = super::begin_with(
+                pool,
+                tenant,
+                "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+            )
+            .await?;
             let rows = fetch_rows(&mut *transaction, tenant, ids).await?;
             let calls = in_order(rows, ids);
             let mut reads = embed_full(&mut transaction, tenant, calls).await?;

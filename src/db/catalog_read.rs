@@ -252,6 +252,7 @@ pub async fn list_tags(
     limit: i64,
 ) -> Result<Vec<TagRow>, DbError> {
     let (after_system, after_id) = split_position(after);
+    let mut connection = super::begin(pool, tenant).await?;
     Ok(sqlx::query_as(concat!(
         "SELECT ",
         tag_columns!(),
@@ -269,7 +270,7 @@ pub async fn list_tags(
     .bind(after_system)
     .bind(after_id)
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(&mut *connection)
     .await?)
 }
 
@@ -281,6 +282,7 @@ pub async fn list_tag_groups(
     limit: i64,
 ) -> Result<Vec<TagGroupRow>, DbError> {
     let (after_system, after_id) = split_position(after);
+    let mut connection = super::begin(pool, tenant).await?;
     Ok(sqlx::query_as(concat!(
         "SELECT ",
         tag_group_columns!(),
@@ -294,7 +296,7 @@ pub async fn list_tag_groups(
     .bind(after_system)
     .bind(after_id)
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(&mut *connection)
     .await?)
 }
 
@@ -326,6 +328,7 @@ pub async fn list_levels(
     limit: i64,
 ) -> Result<Vec<LevelRow>, DbError> {
     let (after_system, after_id) = split_position(after);
+    let mut connection = super::begin(pool, tenant).await?;
     Ok(sqlx::query_as(concat!(
         "SELECT ",
         level_columns!(),
@@ -339,7 +342,7 @@ pub async fn list_levels(
     .bind(after_system)
     .bind(after_id)
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(&mut *connection)
     .await?)
 }
 
@@ -374,6 +377,7 @@ pub async fn list_tasks(
     after: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> Result<Vec<TaskRow>, DbError> {
+    let mut connection = super::begin(pool, tenant).await?;
     Ok(sqlx::query_as(concat!(
         "SELECT ",
         task_columns!(),
@@ -392,19 +396,36 @@ pub async fn list_tasks(
     .bind(after.map(|(time, _)| time))
     .bind(after.map(|(_, id)| id))
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(&mut *connection)
     .await?)
 }
 
 /// Whether the task exists in the tenant.
 pub async fn task_exists(pool: &PgPool, tenant: &TenantId, id: Uuid) -> Result<bool, DbError> {
+    let mut connection = super::begin(pool, tenant).await?;
     Ok(
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tasks WHERE tenant_id = $1 AND id = $2)")
             .bind(tenant.as_str())
             .bind(id)
-            .fetch_one(pool)
+            .fetch_one(&mut *connection)
             .await?,
     )
+}
+
+/// The source key (system, task id) of the tenant's task `id`.
+pub async fn task_source_key(
+    pool: &PgPool,
+    tenant: &TenantId,
+    id: Uuid,
+) -> Result<Option<(String, String)>, DbError> {
+    let mut connection = super::begin(pool, tenant).await?;
+    Ok(sqlx::query_as(
+        "SELECT source_system, source_task_id FROM tasks WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(tenant.as_str())
+    .bind(id)
+    .fetch_optional(&mut *connection)
+    .await?)
 }
 
 /// `text` with the LIKE metacharacters (`\`, `%`, `_`) escaped with `\`.
@@ -441,6 +462,7 @@ pub async fn list_task_numbers(
         .number_keyword
         .as_deref()
         .map(|keyword| format!("%{}%", escape_like(keyword)));
+    let mut connection = super::begin(pool, tenant).await?;
     Ok(sqlx::query_as(
         "SELECT n.id, n.tenant_id, n.task_id, n.source_format, n.source_number_id, n.number,
                 n.province, n.city, n.area_code, n.post_code, n.carrier, n.carrier_name,
@@ -461,7 +483,7 @@ pub async fn list_task_numbers(
     .bind(pattern)
     .bind(after)
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(&mut *connection)
     .await?)
 }
 
@@ -476,6 +498,7 @@ pub async fn attempts_of(
     if number_ids.is_empty() {
         return Ok(Vec::new());
     }
+    let mut connection = super::begin(pool, tenant).await?;
     Ok(sqlx::query_as(
         "SELECT a.task_number_id, a.source_attempt_id, a.source_call_id,
                 (SELECT c.id FROM calls c
@@ -492,7 +515,7 @@ pub async fn attempts_of(
     )
     .bind(tenant.as_str())
     .bind(number_ids)
-    .fetch_all(pool)
+    .fetch_all(&mut *connection)
     .await?)
 }
 

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::db::DbError;
+use crate::db::{DbError, Scope};
 use crate::domain::TenantId;
 use crate::feed::cursor::{Position, SeenBySnapshot};
 
@@ -102,15 +102,18 @@ pub async fn read_page(
     selection: &FeedSelection,
 ) -> Result<FeedPage, DbError> {
     let limit = limit.max(1);
-    let rows: Vec<PageRow> = sqlx::query_as(READ_PAGE)
-        .bind(tenant.as_str())
-        .bind(after.tx.to_string())
-        .bind(after.id)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .bind(&selection.kinds)
-        .bind(&selection.task_ids)
-        .fetch_all(pool)
-        .await?;
+    let rows: Vec<PageRow> = super::read(pool, tenant, async |connection| {
+        Ok(sqlx::query_as(READ_PAGE)
+            .bind(tenant.as_str())
+            .bind(after.tx.to_string())
+            .bind(after.id)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(&selection.kinds)
+            .bind(&selection.task_ids)
+            .fetch_all(connection)
+            .await?)
+    })
+    .await?;
     let first = rows.first().ok_or(DbError::NotFound)?;
     let watermark = parse_xid(&first.watermark)?;
     let horizon = match (&first.horizon_tx, first.horizon_id) {
@@ -181,11 +184,15 @@ pub async fn current_snapshot(pool: &PgPool) -> Result<SeenBySnapshot, DbError> 
 
 /// How far retention has pruned the tenant's feed.
 pub async fn horizon(pool: &PgPool, tenant: &TenantId) -> Result<Option<Position>, DbError> {
-    let row: Option<(String, i64)> =
-        sqlx::query_as("SELECT tx_id::text, id FROM feed_horizons WHERE tenant_id = $1")
-            .bind(tenant.as_str())
-            .fetch_optional(pool)
-            .await?;
+    let row: Option<(String, i64)> = super::read(pool, tenant, async |connection| {
+        Ok(
+            sqlx::query_as("SELECT tx_id::text, id FROM feed_horizons WHERE tenant_id = $1")
+                .bind(tenant.as_str())
+                .fetch_optional(connection)
+                .await?,
+        )
+    })
+    .await?;
     row.map(|(tx, id)| {
         Ok(Position {
             tx: parse_xid(&tx)?,
@@ -199,10 +206,14 @@ pub async fn horizon(pool: &PgPool, tenant: &TenantId) -> Result<Option<Position
 /// The caller reads the calls in the transaction, then ends it.
 pub async fn begin_snapshot(
     pool: &PgPool,
+    tenant: &TenantId,
 ) -> Result<(Transaction<'static, Postgres>, SeenBySnapshot), DbError> {
-    let mut transaction = pool
-        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .await?;
+    let mut transaction = super::begin_with(
+        pool,
+        tenant,
+        "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+    )
+    .await?;
     let text: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text")
         .fetch_one(&mut *transaction)
         .await?;
@@ -268,8 +279,9 @@ pub async fn prune(
     cutoff: DateTime<Utc>,
     limit: i64,
 ) -> Result<u64, DbError> {
-    let deleted: i64 = sqlx::query_scalar(
-        "WITH doomed AS (
+    let deleted: i64 = super::write(pool, Scope::Tenant(tenant), async |connection| {
+        Ok(sqlx::query_scalar(
+            "WITH doomed AS (
              SELECT e.id FROM feed_events e
              WHERE e.tenant_id = $1 AND e.create_time < $2
                AND e.tx_id < pg_snapshot_xmin(pg_current_snapshot())
@@ -292,22 +304,27 @@ pub async fn prune(
              WHERE (feed_horizons.tx_id, feed_horizons.id) < (EXCLUDED.tx_id, EXCLUDED.id)
          )
          SELECT count(*) FROM deleted",
-    )
-    .bind(tenant)
-    .bind(cutoff)
-    .bind(limit)
-    .fetch_one(pool)
+        )
+        .bind(tenant)
+        .bind(cutoff)
+        .bind(limit)
+        .fetch_one(connection)
+        .await?)
+    })
     .await?;
     Ok(u64::try_from(deleted).unwrap_or(0))
 }
 
 /// Every tenant, for the pruner.
 pub async fn tenants(pool: &PgPool) -> Result<Vec<String>, DbError> {
-    Ok(
-        sqlx::query_scalar("SELECT tenant_id FROM tenants ORDER BY tenant_id")
-            .fetch_all(pool)
-            .await?,
-    )
+    super::read(pool, Scope::AllTenants, async |connection| {
+        Ok(
+            sqlx::query_scalar("SELECT tenant_id FROM tenants ORDER BY tenant_id")
+                .fetch_all(connection)
+                .await?,
+        )
+    })
+    .await
 }
 
 fn parse_snapshot(text: &str) -> Result<SeenBySnapshot, DbError> {

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgPool};
 
-use crate::db::DbError;
+use crate::db::{DbError, Scope};
 
 /// A stored key or client-certificate principal.
 #[derive(Debug, Clone, PartialEq, Eq, FromRow)]
@@ -34,7 +34,8 @@ pub struct NewKeyRow<'key> {
 }
 
 pub async fn insert(pool: &PgPool, key: &NewKeyRow<'_>) -> Result<KeyRow, DbError> {
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let mut transaction = super::begin(pool, Scope::Tenant(key.tenant_id)).await?;
+    let row = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO api_keys (tenant_id, key_id, name, scopes, secret_sha256, client_cert_sha256)
          VALUES ($1, $2, $3, $4, $5, $6)
          RETURNING {COLUMNS}"
@@ -45,18 +46,21 @@ pub async fn insert(pool: &PgPool, key: &NewKeyRow<'_>) -> Result<KeyRow, DbErro
     .bind(key.scopes)
     .bind(key.secret_sha256)
     .bind(key.client_cert_sha256)
-    .fetch_one(pool)
-    .await?)
+    .fetch_one(&mut *transaction)
+    .await?;
+    transaction.commit().await?;
+    Ok(row)
 }
 
 /// The key `(tenant_id, key_id)`, revoked or not.
 pub async fn find(pool: &PgPool, tenant_id: &str, key_id: &str) -> Result<Option<KeyRow>, DbError> {
+    let mut connection = super::begin(pool, Scope::Tenant(tenant_id)).await?;
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM api_keys WHERE tenant_id = $1 AND key_id = $2"
     )))
     .bind(tenant_id)
     .bind(key_id)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *connection)
     .await?)
 }
 
@@ -66,6 +70,7 @@ pub async fn find_by_certificate(
     pool: &PgPool,
     certificate_sha256: &[u8],
 ) -> Result<Option<KeyRow>, DbError> {
+    let mut connection = super::begin(pool, Scope::AllTenants).await?;
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM api_keys
          WHERE client_cert_sha256 = $1 AND revoke_time IS NULL
@@ -73,33 +78,38 @@ pub async fn find_by_certificate(
          LIMIT 1"
     )))
     .bind(certificate_sha256)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *connection)
     .await?)
 }
 
 /// Keys of a tenant (every tenant's when `None`), newest first.
 pub async fn list(pool: &PgPool, tenant_id: Option<&str>) -> Result<Vec<KeyRow>, DbError> {
+    let scope = tenant_id.map_or(Scope::AllTenants, Scope::Tenant);
+    let mut connection = super::begin(pool, scope).await?;
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM api_keys
          WHERE $1::text IS NULL OR tenant_id = $1
          ORDER BY create_time DESC, key_id"
     )))
     .bind(tenant_id)
-    .fetch_all(pool)
+    .fetch_all(&mut *connection)
     .await?)
 }
 
 /// Revokes a key; `NotFound` when the tenant has no such key. Revoking twice keeps the first
 /// time.
 pub async fn revoke(pool: &PgPool, tenant_id: &str, key_id: &str) -> Result<KeyRow, DbError> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let mut transaction = super::begin(pool, Scope::Tenant(tenant_id)).await?;
+    let row = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE api_keys SET revoke_time = coalesce(revoke_time, now())
          WHERE tenant_id = $1 AND key_id = $2
          RETURNING {COLUMNS}"
     )))
     .bind(tenant_id)
     .bind(key_id)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *transaction)
     .await?
-    .ok_or(DbError::NotFound)
+    .ok_or(DbError::NotFound)?;
+    transaction.commit().await?;
+    Ok(row)
 }

@@ -87,7 +87,7 @@ async fn try_store_live(
     stage: Stage,
     write: WriteOptions,
 ) -> Result<StoredCall, LiveError> {
-    let mut transaction = pool.begin().await?;
+    let mut transaction = crate::db::begin(pool, tenant).await?;
     catalog::ensure_tenant(&mut transaction, tenant).await?;
     let current: Option<(Uuid, i64, i16, Vec<u8>)> = sqlx::query_as(
         "SELECT id, version, state, content_hash FROM calls
@@ -234,7 +234,7 @@ async fn try_append_turns(
     turns: &[Turn],
     max_turns: usize,
 ) -> Result<Appended, AppendError> {
-    let mut transaction = pool.begin().await?;
+    let mut transaction = crate::db::begin(pool, tenant).await?;
 
     let key = match target {
         CallTarget::Source(key) => key.clone(),

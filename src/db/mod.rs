@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Executor as _, PgPool};
+use sqlx::{AssertSqlSafe, Executor as _, PgConnection, PgPool, Postgres, Transaction};
+
+use crate::domain::ids::TenantId;
 
 /// The schema migrations, embedded in the binary. `MIGRATOR.run` takes sqlx's advisory lock, so
 /// replicas starting together apply them once. Migrations the binary does not know (applied by
@@ -222,6 +224,112 @@ pub async fn is_migrated(pool: &PgPool) -> Result<bool, sqlx::Error> {
         .iter()
         .filter(|migration| migration.migration_type.is_up_migration())
         .all(|migration| applied.contains(&migration.version)))
+}
+
+/// Whose rows a transaction sees and may write.
+///
+/// Every tenant table has row-level security (migration `20261127000001_row_level_security`):
+/// a transaction sees the rows of the tenant it names in `callstore.tenant`, or every tenant's
+/// when it sets `callstore.all_tenants`, and nothing otherwise. The service's own `tenant_id`
+/// filters stay the first line; this one catches a query that forgets its filter. It holds for
+/// a role that is neither a superuser nor `BYPASSRLS` (see [`row_security_enforced`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    /// One tenant's rows: all work done for a request. The text is a tenant id, or `*` for the
+    /// API keys of operators.
+    Tenant(&'a str),
+    /// Every tenant's rows: the service's background work that spans tenants (the feed tailer,
+    /// pruning, statistics compaction, claiming re-score jobs, certificate lookups) and the
+    /// operator's `keys` command.
+    AllTenants,
+}
+
+impl<'a> From<&'a TenantId> for Scope<'a> {
+    fn from(tenant: &'a TenantId) -> Self {
+        Self::Tenant(tenant.as_str())
+    }
+}
+
+impl Scope<'_> {
+    /// `begin` (a `BEGIN` statement) followed by the settings of this scope, made local to the
+    /// transaction: one simple query, one round trip.
+    fn begin_statement(self, begin: &str) -> Result<String, DbError> {
+        match self {
+            Self::Tenant(tenant) => {
+                // Tenant ids are letters, digits and `._-` (and `*`): nothing to escape. Anything
+                // else is refused rather than quoted.
+                let plain = !tenant.is_empty()
+                    && tenant
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "._-*".contains(c));
+                if !plain {
+                    return Err(DbError::Other(sqlx::Error::InvalidArgument(
+                        "tenant id with characters outside [A-Za-z0-9._-*]".to_owned(),
+                    )));
+                }
+                Ok(format!(
+                    "{begin}; SET LOCAL callstore.tenant = '{tenant}'; SET LOCAL callstore.all_tenants = 'off'"
+                ))
+            }
+            Self::AllTenants => Ok(format!(
+                "{begin}; SET LOCAL callstore.tenant = ''; SET LOCAL callstore.all_tenants = 'on'"
+            )),
+        }
+    }
+}
+
+/// Begins a transaction that sees the rows of `scope` only.
+pub async fn begin<'a>(
+    pool: &PgPool,
+    scope: impl Into<Scope<'a>>,
+) -> Result<Transaction<'static, Postgres>, DbError> {
+    begin_with(pool, scope, "BEGIN").await
+}
+
+/// Begins a transaction with `begin` (e.g. `BEGIN ISOLATION LEVEL REPEATABLE READ`) that sees
+/// the rows of `scope` only.
+pub async fn begin_with<'a>(
+    pool: &PgPool,
+    scope: impl Into<Scope<'a>>,
+    begin: &'static str,
+) -> Result<Transaction<'static, Postgres>, DbError> {
+    let statement = scope.into().begin_statement(begin)?;
+    Ok(pool.begin_with(AssertSqlSafe(statement)).await?)
+}
+
+/// Runs `work` in a transaction that sees the rows of `scope` only, and ends it without
+/// committing: for reads. Dropping the transaction queues its `ROLLBACK`, which the pool sends
+/// with the check it makes of every connection returned to it, so the caller waits for one
+/// round trip fewer than with a commit.
+pub async fn read<'a, T>(
+    pool: &PgPool,
+    scope: impl Into<Scope<'a>>,
+    work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, DbError>,
+) -> Result<T, DbError> {
+    let mut transaction = begin(pool, scope).await?;
+    work(&mut transaction).await
+}
+
+/// Runs `work` in a transaction that sees the rows of `scope` only, and commits it.
+pub async fn write<'a, T>(
+    pool: &PgPool,
+    scope: impl Into<Scope<'a>>,
+    work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, DbError>,
+) -> Result<T, DbError> {
+    let mut transaction = begin(pool, scope).await?;
+    let value = work(&mut transaction).await?;
+    transaction.commit().await?;
+    Ok(value)
+}
+
+/// Whether row-level security binds the pool's role: false for a superuser or a `BYPASSRLS`
+/// role, which see every tenant's rows whatever the policies say.
+pub async fn row_security_enforced(pool: &PgPool) -> Result<bool, DbError> {
+    Ok(sqlx::query_scalar(
+        "SELECT NOT (rolsuper OR rolbypassrls) FROM pg_roles WHERE rolname = current_user",
+    )
+    .fetch_one(pool)
+    .await?)
 }
 
 /// Checks that the database answers.

@@ -285,6 +285,7 @@ pub async fn results_of_call(
     call_id: Uuid,
     history: bool,
 ) -> Result<Vec<crate::db::calls_read::QualityRow>, DbError> {
+    let mut connection = super::begin(pool, tenant).await?;
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {} FROM quality_results q
          WHERE q.tenant_id = $1 AND q.call_id = $2
@@ -297,7 +298,7 @@ pub async fn results_of_call(
     .bind(tenant.as_str())
     .bind(call_id)
     .bind(history)
-    .fetch_all(pool)
+    .fetch_all(&mut *connection)
     .await?)
 }
 
@@ -307,11 +308,12 @@ pub async fn call_exists(
     tenant: &TenantId,
     call_id: Uuid,
 ) -> Result<bool, DbError> {
+    let mut connection = super::begin(pool, tenant).await?;
     Ok(
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM calls WHERE tenant_id = $1 AND id = $2)")
             .bind(tenant.as_str())
             .bind(call_id)
-            .fetch_one(pool)
+            .fetch_one(&mut *connection)
             .await?,
     )
 }
@@ -336,6 +338,7 @@ pub async fn score_distribution(
     query: &crate::db::stats::StatsQuery,
     width: f64,
 ) -> Result<Vec<ScoreBucket>, DbError> {
+    let mut connection = super::begin(pool, tenant).await?;
     Ok(sqlx::query_as(
         "SELECT floor(latest.score / $5) AS index, count(*) AS count, sum(latest.score) AS sum,
                 min(latest.score) AS min, max(latest.score) AS max
@@ -358,6 +361,6 @@ pub async fn score_distribution(
     .bind(query.end)
     .bind(width)
     .bind(QualitySource::Computed as i16)
-    .fetch_all(pool)
+    .fetch_all(&mut *connection)
     .await?)
 }

@@ -120,7 +120,7 @@ pub async fn create_profile(
     tenant: &TenantId,
     values: &ProfileValues,
 ) -> Result<ProfileRow, DbError> {
-    let mut transaction = pool.begin().await?;
+    let mut transaction = super::begin(pool, tenant).await?;
     catalog::ensure_tenant(&mut transaction, tenant).await?;
     let row = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO scoring_profiles (tenant_id, name, base, lower_bound, upper_bound)
@@ -184,6 +184,7 @@ where
     Row: for<'row> FromRow<'row, sqlx::postgres::PgRow> + Send + Unpin,
 {
     let key = format!("({alias}create_time, {alias}id)");
+    let mut connection = super::begin(pool, tenant).await?;
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "{select} AND ($2::timestamptz IS NULL OR {key} > ($2, $3)) ORDER BY {key} LIMIT $4"
     )))
@@ -191,7 +192,7 @@ where
     .bind(after.map(|(time, _)| *time))
     .bind(after.map(|(_, id)| *id))
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(&mut *connection)
     .await?)
 }
 
@@ -207,7 +208,7 @@ where
     F: Fn(&mut ProfileValues) -> Result<(), E>,
 {
     retry_aborted("update scoring profile", || async {
-        let mut transaction = pool.begin().await.map_err(DbError::from)?;
+        let mut transaction = super::begin(pool, tenant).await?;
         let current: ProfileRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {PROFILE_COLUMNS} FROM scoring_profiles
              WHERE tenant_id = $1 AND id = $2 FOR UPDATE"
@@ -249,15 +250,17 @@ where
 /// Deletes a profile. `NotFound` when there is none; `MissingReference` (the foreign key of
 /// `rule_sets`) while a rule set uses it.
 pub async fn delete_profile(pool: &PgPool, tenant: &TenantId, id: Uuid) -> Result<(), DbError> {
+    let mut transaction = super::begin(pool, tenant).await?;
     let deleted = sqlx::query("DELETE FROM scoring_profiles WHERE tenant_id = $1 AND id = $2")
         .bind(tenant.as_str())
         .bind(id)
-        .execute(pool)
+        .execute(&mut *transaction)
         .await?
         .rows_affected();
     if deleted == 0 {
         return Err(DbError::NotFound);
     }
+    transaction.commit().await?;
     Ok(())
 }
 
@@ -269,7 +272,7 @@ pub async fn create_rule_set(
     values: &RuleSetValues,
 ) -> Result<RuleSetRow, DbError> {
     retry_aborted("create rule set", || async {
-        let mut transaction = pool.begin().await?;
+        let mut transaction = super::begin(pool, tenant).await?;
         catalog::ensure_tenant(&mut transaction, tenant).await?;
         if values.active {
             deactivate_all(&mut transaction, tenant).await?;
@@ -302,7 +305,7 @@ pub async fn get_rule_set(
     id: Uuid,
     version: Option<i64>,
 ) -> Result<Option<RuleSetRow>, DbError> {
-    let mut connection = pool.acquire().await?;
+    let mut connection = super::begin(pool, tenant).await?;
     read_rule_set(&mut connection, tenant, id, version).await
 }
 
@@ -342,7 +345,7 @@ where
     F: Fn(&mut RuleSetValues) -> Result<(), E>,
 {
     retry_aborted("update rule set", || async {
-        let mut transaction = pool.begin().await.map_err(DbError::from)?;
+        let mut transaction = super::begin(pool, tenant).await?;
         // The tenant's row orders concurrent activations.
         lock_tenant(&mut transaction, tenant).await?;
         let current = read_rule_set(&mut transaction, tenant, id, None)
@@ -396,15 +399,17 @@ where
 /// Deletes a rule set with its versions and re-scoring jobs. Results scored with it keep its id,
 /// version and hits. `NotFound` when there is none.
 pub async fn delete_rule_set(pool: &PgPool, tenant: &TenantId, id: Uuid) -> Result<(), DbError> {
+    let mut transaction = super::begin(pool, tenant).await?;
     let deleted = sqlx::query("DELETE FROM rule_sets WHERE tenant_id = $1 AND id = $2")
         .bind(tenant.as_str())
         .bind(id)
-        .execute(pool)
+        .execute(&mut *transaction)
         .await?
         .rows_affected();
     if deleted == 0 {
         return Err(DbError::NotFound);
     }
+    transaction.commit().await?;
     Ok(())
 }
 

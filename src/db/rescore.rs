@@ -60,7 +60,7 @@ pub async fn create_job(
     tenant: &TenantId,
     spec: &JobSpec,
 ) -> Result<JobRow, DbError> {
-    let mut transaction = pool.begin().await?;
+    let mut transaction = super::begin(pool, tenant).await?;
     let version: i64 =
         sqlx::query_scalar("SELECT version FROM rule_sets WHERE tenant_id = $1 AND id = $2")
             .bind(tenant.as_str())
@@ -101,12 +101,13 @@ pub async fn get_job(
     tenant: &TenantId,
     id: Uuid,
 ) -> Result<Option<JobRow>, DbError> {
+    let mut connection = super::begin(pool, tenant).await?;
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {JOB_COLUMNS} FROM rescore_jobs WHERE tenant_id = $1 AND id = $2"
     )))
     .bind(tenant.as_str())
     .bind(id)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *connection)
     .await?)
 }
 
@@ -124,6 +125,8 @@ pub async fn claim_job(
     owner: Uuid,
     lease: std::time::Duration,
 ) -> Result<Option<Claimed>, DbError> {
+    // Jobs of every tenant are candidates.
+    let mut transaction = super::begin(pool, super::Scope::AllTenants).await?;
     let claimed: Option<(String, Uuid)> = sqlx::query_as(
         "UPDATE rescore_jobs j
          SET lease_owner = $1, lease_until = clock_timestamp() + $2 * interval '1 millisecond'
@@ -139,8 +142,9 @@ pub async fn claim_job(
     )
     .bind(owner)
     .bind(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
-    .fetch_optional(pool)
+    .fetch_optional(&mut *transaction)
     .await?;
+    transaction.commit().await?;
     Ok(claimed.and_then(|(tenant, id)| {
         TenantId::parse(&tenant)
             .ok()
@@ -221,7 +225,7 @@ async fn try_step(
     lease: std::time::Duration,
 ) -> Result<Step, DbError> {
     let tenant = &claimed.tenant;
-    let mut transaction = pool.begin().await?;
+    let mut transaction = super::begin(pool, tenant).await?;
     let state: Option<JobState> = sqlx::query_as(
         "SELECT rule_set_id, rule_set_version, task_id, start_time, end_time, last_dial_time,
                 last_call_id, finished, lease_owner

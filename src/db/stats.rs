@@ -430,9 +430,12 @@ pub async fn task_stats(
     tenant: &TenantId,
     query: &StatsQuery,
 ) -> Result<Option<TaskStats>, DbError> {
-    let mut transaction = pool
-        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .await?;
+    let mut transaction = super::begin_with(
+        pool,
+        tenant,
+        "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+    )
+    .await?;
     let task: Option<(Option<DateTime<Utc>>,)> = sqlx::query_as(
         "SELECT (SELECT min(c.dial_time) FROM calls c
                  WHERE c.tenant_id = $1 AND c.task_id = $2) AS first_dial_time
@@ -613,7 +616,8 @@ const SPANS: [i64; 3] = [SLOT_SECONDS, HOUR_SECONDS, DAY_SECONDS];
 /// arrays of every touched bucket costs Postgres several microseconds a key, and a batch of
 /// calls spread over a month touches a bucket of each span for nearly every call.
 pub async fn compact_pass(pool: &PgPool, limit: i64) -> Result<Option<u64>, DbError> {
-    let mut transaction = pool.begin().await?;
+    // Deltas of every tenant are folded together.
+    let mut transaction = super::begin(pool, super::Scope::AllTenants).await?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
         .bind(COMPACTION_LOCK)
         .fetch_one(&mut *transaction)

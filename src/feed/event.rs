@@ -132,7 +132,8 @@ pub async fn load(
         .collect();
     let quality_ids: Vec<Uuid> = rows.iter().filter_map(|row| row.quality_id).collect();
 
-    let mut connection = pool.acquire().await?;
+    // A read in the tenant's scope; dropping it at the end rolls it back.
+    let mut connection = crate::db::begin(pool, tenant).await?;
     let calls: HashMap<Uuid, CallRead> =
         calls_read::load_calls_on(&mut connection, tenant, &call_ids, CallEmbed::Full)
             .await?

@@ -341,7 +341,7 @@ impl Task {
     /// ones it saw above that point. Returns that cursor, or `None` when the client went.
     async fn snapshot(&mut self) -> Result<Option<Cursor>, Ending> {
         let failed = |error: DbError| (End::Failed(error), false);
-        let (mut transaction, seen) = feed::begin_snapshot(self.hub.pool())
+        let (mut transaction, seen) = feed::begin_snapshot(self.hub.pool(), &self.request.tenant)
             .await
             .map_err(failed)?;
         let filter = self.request.filter.snapshot_filter();

@@ -142,7 +142,7 @@ async fn try_store_batch(
     mode: Mode,
     options: WriteOptions,
 ) -> Result<BatchResults, BatchError> {
-    let mut transaction = pool.begin().await?;
+    let mut transaction = crate::db::begin(pool, tenant).await?;
     catalog::ensure_tenant(&mut transaction, tenant).await?;
     // Catalog rows first: the calls refer to them.
     let mut results = BatchResults::default();
@@ -358,7 +358,7 @@ async fn try_store_catalog(
     tenant: &TenantId,
     items: &[CatalogItem],
 ) -> Result<Vec<Result<(uuid::Uuid, StoreOutcome), DbError>>, DbError> {
-    let mut transaction = pool.begin().await?;
+    let mut transaction = crate::db::begin(pool, tenant).await?;
     catalog::ensure_tenant(&mut transaction, tenant).await?;
     let mut results = Vec::with_capacity(items.len());
     for item in items {

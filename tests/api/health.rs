@@ -63,7 +63,7 @@ async fn readiness_waits_for_migrations_when_the_server_does_not_apply_them() {
     );
 
     // An operator runs `callstore migrate`; readiness follows.
-    let pool = sqlx::PgPool::connect_with(database)
+    let pool = sqlx::PgPool::connect_with(crate::helpers::as_service(&database))
         .await
         .expect("connects");
     callstore::db::migrate(&pool).await.expect("migrates");

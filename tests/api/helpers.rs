@@ -40,7 +40,8 @@ pub struct TestApp {
     pub webhook: Option<SocketAddr>,
     /// The metrics listener, when the configuration asked for one.
     pub metrics: Option<SocketAddr>,
-    /// Options for connecting to the test's own database.
+    /// Options for connecting to the test's own database, as the service does (as
+    /// [`SERVICE_ROLE`]).
     pub database: PgConnectOptions,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
@@ -59,9 +60,23 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
     app
 }
 
-/// A configuration for a test server on port 0 using `database`.
+/// The role test servers connect as: an ordinary role, neither a superuser nor BYPASSRLS, that
+/// owns the test databases and their tables, so row-level security binds every test as it
+/// binds production (the policies are FORCEd on the owner). Tests check what was stored
+/// through [`TestApp::pool`], as the superuser that created the database.
+pub const SERVICE_ROLE: &str = "callstore_service";
+
+/// `database` reached as [`SERVICE_ROLE`].
+pub fn as_service(database: &PgConnectOptions) -> PgConnectOptions {
+    database
+        .clone()
+        .username(SERVICE_ROLE)
+        .password(SERVICE_ROLE)
+}
+
+/// A configuration for a test server on port 0 using `database` as [`SERVICE_ROLE`].
 pub fn config_for(database: &PgConnectOptions, customize: impl FnOnce(&mut Config)) -> Config {
-    let url = database.to_url_lossy().to_string();
+    let url = as_service(database).to_url_lossy().to_string();
     let mut config = Config::new(loopback_port_0(), Some(url));
     config.readiness_interval = Duration::from_millis(100);
     config.shutdown_grace = Duration::from_secs(5);
@@ -110,9 +125,10 @@ pub fn as_tenant<T>(tenant: &str, message: T) -> tonic::Request<T> {
 }
 
 impl TestApp {
-    /// A pool on the test's own database, to check what was stored.
+    /// A pool on the test's own database, to check what was stored: as the superuser, whom
+    /// row-level security does not restrict.
     pub async fn pool(&self) -> sqlx::PgPool {
-        sqlx::PgPool::connect_with(self.database.clone())
+        sqlx::PgPool::connect_with(superuser(&self.database).await)
             .await
             .expect("connects to the test database")
     }
@@ -231,7 +247,14 @@ async fn test_server() -> &'static TestServer {
         .await
 }
 
-/// Creates a database of its own for one test.
+/// `database` reached as the superuser that created it.
+pub async fn superuser(database: &PgConnectOptions) -> PgConnectOptions {
+    let name = database.get_database().expect("a test database is named");
+    test_server().await.maintenance.clone().database(name)
+}
+
+/// Creates a database of its own for one test, owned by [`SERVICE_ROLE`]. The options returned
+/// connect as the superuser; [`config_for`] and [`as_service`] connect as the service.
 pub async fn fresh_database(from_template: FromTemplate) -> PgConnectOptions {
     let server = test_server().await;
     let now = std::time::SystemTime::now()
@@ -239,7 +262,10 @@ pub async fn fresh_database(from_template: FromTemplate) -> PgConnectOptions {
         .expect("clock after 1970")
         .as_secs();
     let name = format!("callstore_test_{now}_{}", uuid::Uuid::new_v4().simple());
-    let mut statement = format!("CREATE DATABASE {}", quote_identifier(&name));
+    let mut statement = format!(
+        "CREATE DATABASE {} OWNER {SERVICE_ROLE}",
+        quote_identifier(&name)
+    );
     if from_template == FromTemplate::Yes {
         statement.push_str(&format!(" TEMPLATE {}", quote_identifier(&server.template)));
     }
@@ -270,6 +296,10 @@ async fn ensure_template(maintenance: &PgConnectOptions) -> String {
             fingerprint = (fingerprint ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
         }
     }
+    // Templates of earlier layouts (tables owned by the superuser) are not reused.
+    for byte in SERVICE_ROLE.bytes() {
+        fingerprint = (fingerprint ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
     let template = format!("callstore_template_{fingerprint:016x}");
 
     let mut connection = maintenance
@@ -282,6 +312,7 @@ async fn ensure_template(maintenance: &PgConnectOptions) -> String {
         .expect("takes the template lock");
 
     drop_stale_test_databases(&mut connection).await;
+    ensure_service_role(&mut connection).await;
 
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
@@ -295,15 +326,17 @@ async fn ensure_template(maintenance: &PgConnectOptions) -> String {
             uuid::Uuid::new_v4().simple()
         );
         sqlx::raw_sql(AssertSqlSafe(format!(
-            "CREATE DATABASE {}",
+            "CREATE DATABASE {} OWNER {SERVICE_ROLE}",
             quote_identifier(&building)
         )))
         .execute(&mut connection)
         .await
         .expect("creates the template database");
-        let pool = sqlx::PgPool::connect_with(maintenance.clone().database(&building))
+        // Migrated as the service role, so it owns the tables, as where the service migrates
+        // its own database.
+        let pool = sqlx::PgPool::connect_with(as_service(&maintenance.clone().database(&building)))
             .await
-            .expect("connects to the template database");
+            .expect("connects to the template database as the service role");
         callstore::db::migrate(&pool)
             .await
             .expect("migrations apply to the template");
@@ -324,6 +357,35 @@ async fn ensure_template(maintenance: &PgConnectOptions) -> String {
         .expect("releases the template lock");
     connection.close().await.ok();
     template
+}
+
+/// Names `tenant` for row-level security in the transaction `connection` is in, as the
+/// service's `db::begin` does.
+pub async fn scope_to(connection: &mut PgConnection, tenant: &str) {
+    sqlx::query("SELECT set_config('callstore.tenant', $1, true)")
+        .bind(tenant)
+        .execute(connection)
+        .await
+        .expect("names the tenant");
+}
+
+/// Creates [`SERVICE_ROLE`] unless it exists (under the caller's advisory lock).
+async fn ensure_service_role(connection: &mut PgConnection) {
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+            .bind(SERVICE_ROLE)
+            .fetch_one(&mut *connection)
+            .await
+            .expect("looks up the service role");
+    if !exists {
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "CREATE ROLE {SERVICE_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE \
+             PASSWORD '{SERVICE_ROLE}'"
+        )))
+        .execute(&mut *connection)
+        .await
+        .expect("creates the service role (the test server's user needs CREATEROLE)");
+    }
 }
 
 /// Drops test databases (and unfinished templates) older than an hour, left by earlier runs.

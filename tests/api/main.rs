@@ -20,6 +20,7 @@ mod query_catalog;
 mod query_detail;
 mod query_stats;
 mod reflection;
+mod row_security;
 mod shutdown;
 mod telemetry;
 mod upsert;

@@ -51,6 +51,7 @@ async fn a_transaction_committing_late_holds_back_later_events_and_is_not_skippe
         .await
         .expect("connects to the test database");
     let mut held = connection.begin().await.expect("begins");
+    crate::helpers::scope_to(&mut held, TENANT).await;
     let tenant = TenantId::parse(TENANT).expect("a tenant id");
     let held_call =
         call_from_proto(call("held"), "calls[0]", &CallLimits::default()).expect("a valid call");
@@ -614,6 +615,7 @@ async fn changes_of_one_call_come_in_the_order_they_were_made() {
         .execute(&mut second)
         .await
         .expect("begins");
+    crate::helpers::scope_to(&mut second, TENANT).await;
     let second_xid: String = sqlx::query_scalar("SELECT pg_current_xact_id()::text")
         .fetch_one(&mut second)
         .await
@@ -625,6 +627,7 @@ async fn changes_of_one_call_come_in_the_order_they_were_made() {
         .execute(&mut first)
         .await
         .expect("begins");
+    crate::helpers::scope_to(&mut first, TENANT).await;
     let created =
         call_from_proto(call("raced"), "calls[0]", &CallLimits::default()).expect("a valid call");
     callstore::db::calls::store_calls(&mut first, &tenant, &[&created])
