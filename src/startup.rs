@@ -184,7 +184,7 @@ impl Application {
                         pool.clone(),
                         config.ingest.clone(),
                         store.clone(),
-                        ingest_rate,
+                        ingest_rate.clone(),
                     ),
                 )
                 .max_decoding_message_size(max_message),
@@ -213,7 +213,7 @@ impl Application {
             if let Ok(address) = webhook_listener.local_addr() {
                 tracing::info!(address = %address, "serving webhooks");
             }
-            let app = crate::webhook::router(store.clone(), auth.clone());
+            let app = crate::webhook::router(store.clone(), auth.clone(), ingest_rate);
             tokio::spawn(
                 axum::serve(webhook_listener, app)
                     .with_graceful_shutdown(stop_accepting.clone().cancelled_owned())

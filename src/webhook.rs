@@ -20,6 +20,7 @@ use crate::domain::TenantId;
 use crate::error::ApiError;
 use crate::ingest::group_commit::GroupCommitter;
 use crate::ingest::payload::{PayloadOptions, ingest_payload};
+use crate::limits::IngestRateLimiter;
 use crate::proto::PayloadFormat;
 
 /// Largest payload accepted.
@@ -30,15 +31,18 @@ const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 pub struct HookState {
     pub store: GroupCommitter,
     pub auth: AuthMode,
+    /// The tenants' ingest rate, shared with the gRPC ingest service; a payload takes one call
+    /// of it, as IngestVendorPayload does.
+    pub rate: IngestRateLimiter,
 }
 
 /// The router of the webhook listener.
-pub fn router(store: GroupCommitter, auth: AuthMode) -> Router {
+pub fn router(store: GroupCommitter, auth: AuthMode, rate: IngestRateLimiter) -> Router {
     Router::new()
         .route("/hooks/{tenant}/{format}", post(receive))
         .route("/hooks/{tenant}/{format}/{key}", post(receive_with_key))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(HookState { store, auth })
+        .with_state(HookState { store, auth, rate })
 }
 
 async fn receive_with_key(
@@ -156,6 +160,20 @@ async fn handle(
             _ => StatusCode::FORBIDDEN,
         };
         return failure(reply, status, &error.to_string());
+    }
+    if let Err(retry_after) = state.rate.check(&tenant, 1) {
+        tracing::info!(tenant = %tenant, retry_after_ms = retry_after.as_millis() as u64, "webhook over the tenant's ingest rate");
+        let mut response = failure(
+            reply,
+            StatusCode::TOO_MANY_REQUESTS,
+            "over the tenant's ingest rate; send it again later",
+        );
+        // Whole seconds, rounded up (RFC 9110).
+        let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        if let Ok(value) = header::HeaderValue::from_str(&seconds.max(1).to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return response;
     }
     let store = state.store;
     let options = PayloadOptions {

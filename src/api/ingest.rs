@@ -70,6 +70,20 @@ impl IngestApi {
         }
     }
 
+    /// Takes `calls` from the tenant's ingest rate, waiting until the bucket holds them: a
+    /// burst at a time, so that more calls than a burst wait for the rate too.
+    async fn wait_for_rate(&self, tenant: &TenantId, calls: usize) {
+        let mut left = u32::try_from(calls).unwrap_or(u32::MAX);
+        while left > 0 {
+            let part = left.min(self.rate.burst().unwrap_or(left));
+            while let Err(retry_after) = self.rate.check(tenant, part) {
+                tracing::debug!(tenant = %tenant, calls = part, wait_ms = retry_after.as_millis() as u64, "ingest stream held to the tenant's rate");
+                tokio::time::sleep(retry_after).await;
+            }
+            left -= part;
+        }
+    }
+
     /// Takes `calls` from the tenant's ingest rate, or refuses the request with
     /// RESOURCE_EXHAUSTED and how long to wait.
     fn take_rate(&self, tenant: &TenantId, calls: usize) -> Result<(), Status> {
@@ -152,6 +166,9 @@ impl IngestService for IngestApi {
                         Err(_) => break,
                     }
                 }
+                // A stream is slowed to the tenant's ingest rate rather than refused: while it
+                // waits, its queue fills and HTTP/2 flow control holds the client back.
+                api.wait_for_rate(&tenant, messages.len()).await;
                 let first_index = next_index;
                 next_index += messages.len();
                 let responses = match api.store_stream_batch(&tenant, first_index, messages).await {

@@ -164,6 +164,14 @@ impl IngestRateLimiter {
         }
     }
 
+    /// The calls a full bucket holds; `None` when unlimited.
+    pub fn burst(&self) -> Option<u32> {
+        // The burst came from a u32.
+        self.buckets
+            .as_ref()
+            .map(|buckets| buckets.burst.max(1.0) as u32)
+    }
+
     /// How many tenants have a bucket now (for tests and metrics).
     pub fn tracked_tenants(&self) -> usize {
         self.buckets.as_ref().map_or(0, |buckets| {

@@ -185,3 +185,73 @@ async fn an_oversized_message_is_refused_before_it_is_decoded() {
         .expect("counts");
     assert_eq!(stored, 0);
 }
+
+/// IngestCallStream is held to the tenant's rate rather than refused: every call is stored and
+/// acknowledged, no faster than the rate allows.
+#[tokio::test]
+async fn an_ingest_stream_is_slowed_to_the_tenants_rate() {
+    use callstore::proto::{IngestCallStreamRequest, IngestOutcome};
+
+    let (rate, burst, calls) = (20.0, 10, 30);
+    let app =
+        spawn_app_with(|config| config.limits.ingest_rate_per_tenant = Some((rate, burst))).await;
+    let messages: Vec<IngestCallStreamRequest> = (0..calls)
+        .map(|index| IngestCallStreamRequest {
+            call: Some(native_call(&format!("s-{index}"), "13800000001")),
+            client_token: format!("token-{index}"),
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let mut acks = app
+        .ingest_client()
+        .await
+        .ingest_call_stream(as_tenant("acme", tokio_stream::iter(messages)))
+        .await
+        .expect("the stream starts")
+        .into_inner();
+    let mut created = 0;
+    while let Some(ack) = tokio::time::timeout(DEADLINE, acks.message())
+        .await
+        .expect("acknowledgements keep coming")
+        .expect("the stream is not refused")
+    {
+        let result = ack.result.expect("a result");
+        assert_eq!(result.outcome(), IngestOutcome::Created, "{result:?}");
+        created += 1;
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(created, calls);
+    // The burst passes at once; the rest waits for the bucket to refill at `rate`.
+    let least = Duration::from_secs_f64(f64::from(calls - burst) / rate);
+    assert!(
+        elapsed + Duration::from_millis(50) >= least,
+        "{calls} calls took {elapsed:?}, less than the rate allows ({least:?})"
+    );
+}
+
+/// A webhook over the tenant's rate is answered 429 with Retry-After, and nothing is stored.
+#[tokio::test]
+async fn a_webhook_over_the_tenants_rate_is_answered_429() {
+    const HANGUP_PUSH: &[u8] = include_bytes!("../fixtures/hangup_push.json");
+    let app = spawn_app_with(|config| {
+        config.webhook_listen_addr = Some(crate::helpers::loopback_port_0());
+        config.limits.ingest_rate_per_tenant = Some((0.5, 1));
+    })
+    .await;
+    let webhook = app.webhook.expect("a webhook listener");
+    let (status, body) =
+        crate::webhook::post(webhook, "/hooks/acme/hangup-push", HANGUP_PUSH).await;
+    assert_eq!((status, body.as_str()), (200, "SUCCESS"));
+    let (status, head_and_body) =
+        crate::webhook::post_with_head(webhook, "/hooks/acme/hangup-push", HANGUP_PUSH).await;
+    assert_eq!(status, 429, "{head_and_body}");
+    let retry_after = head_and_body
+        .lines()
+        .find_map(|line| line.strip_prefix("retry-after: "))
+        .and_then(|seconds| seconds.trim().parse::<u64>().ok())
+        .expect("a Retry-After header");
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    // Another tenant is not held back.
+    let (status, _) = crate::webhook::post(webhook, "/hooks/globex/hangup-push", HANGUP_PUSH).await;
+    assert_eq!(status, 200);
+}

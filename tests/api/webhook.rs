@@ -15,7 +15,17 @@ async fn spawn_with_webhooks() -> (TestApp, SocketAddr) {
 }
 
 /// A plain HTTP/1.1 POST, as a vendor sends it; returns the status code and the body.
-async fn post(address: SocketAddr, path: &str, body: &[u8]) -> (u16, String) {
+pub(crate) async fn post(address: SocketAddr, path: &str, body: &[u8]) -> (u16, String) {
+    let (status, response) = post_with_head(address, path, body).await;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Like [`post`], returning the whole response (head and body).
+pub(crate) async fn post_with_head(address: SocketAddr, path: &str, body: &[u8]) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(address)
         .await
         .expect("connects");
@@ -28,13 +38,13 @@ async fn post(address: SocketAddr, path: &str, body: &[u8]) -> (u16, String) {
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.expect("reads");
     let response = String::from_utf8(response).expect("UTF-8");
-    let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
+    let (head, _) = response.split_once("\r\n\r\n").expect("a head and a body");
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|code| code.parse().ok())
         .expect("a status code");
-    (status, body.to_owned())
+    (status, response)
 }
 
 async fn count(app: &TestApp, sql: &'static str) -> i64 {
