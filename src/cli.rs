@@ -113,6 +113,10 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics (`GET /metrics`) on this address.
     #[arg(long, env = "CALLSTORE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Also serve `grpc.health.v1` alone on this address, in plaintext and without
+    /// credentials: for probes that cannot speak TLS when `--tls-cert` is set.
+    #[arg(long, env = "CALLSTORE_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
     /// HTTP/2 keepalive ping timeout.
     #[arg(long, env = "CALLSTORE_HTTP2_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub http2_keepalive_timeout: Duration,
@@ -212,6 +216,7 @@ impl ServeArgs {
         config.http2_keepalive_timeout = self.http2_keepalive_timeout;
         config.webhook_listen_addr = self.webhook_listen;
         config.metrics_listen_addr = self.metrics_listen;
+        config.health_listen_addr = self.health_listen;
         config.group_commit.writers = usize::from(self.group_commit_writers);
         config.group_commit.max_group = self.group_commit_max_calls as usize;
         config.stats.compaction_interval = self.stats_compaction_interval;

@@ -52,6 +52,8 @@ pub struct Config {
     pub limits: crate::limits::LimitSettings,
     /// Address of the optional metrics listener (`GET /metrics`, Prometheus text).
     pub metrics_listen_addr: Option<SocketAddr>,
+    /// Address of the optional plaintext listener serving `grpc.health.v1` only.
+    pub health_listen_addr: Option<SocketAddr>,
 }
 
 /// How callers are authenticated.
@@ -113,6 +115,7 @@ impl Config {
             tls: None,
             limits: crate::limits::LimitSettings::default(),
             metrics_listen_addr: None,
+            health_listen_addr: None,
         }
     }
 }

@@ -31,6 +31,7 @@ pub struct Application {
     local_addr: SocketAddr,
     webhook_listener: Option<TcpListener>,
     metrics_listener: Option<TcpListener>,
+    health_listener: Option<TcpListener>,
     pool: PgPool,
     database: ResolvedDatabase,
 }
@@ -62,12 +63,21 @@ impl Application {
             ),
             None => None,
         };
+        let health_listener = match config.health_listen_addr {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("cannot listen for health checks on {address}"))?,
+            ),
+            None => None,
+        };
         Ok(Self {
             config,
             listener,
             local_addr,
             webhook_listener,
             metrics_listener,
+            health_listener,
             pool,
             database,
         })
@@ -88,6 +98,13 @@ impl Application {
     /// The address of the metrics listener (`/metrics`), when there is one.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
+    }
+
+    /// The address of the plaintext health listener, when there is one.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health_listener
             .as_ref()
             .and_then(|listener| listener.local_addr().ok())
     }
@@ -119,6 +136,7 @@ impl Application {
             local_addr,
             webhook_listener,
             metrics_listener,
+            health_listener,
             pool,
             mut database,
         } = self;
@@ -175,7 +193,7 @@ impl Application {
             // Then the limits: a request over them is refused before its key is looked up.
             .layer(overload)
             .layer(crate::auth::layer::AuthLayer::new(auth.clone()))
-            .add_service(health_service)
+            .add_service(health_service.clone())
             .add_service(reflection_v1()?)
             .add_service(reflection_v1alpha()?)
             .add_service(
@@ -233,6 +251,23 @@ impl Application {
             ))
         });
 
+        // Health checks alone, in plaintext and without credentials, for probes that cannot
+        // speak TLS (the kubelet's gRPC probes) when the main listener serves TLS.
+        let health = health_listener.map(|health_listener| {
+            if let Ok(address) = health_listener.local_addr() {
+                tracing::info!(address = %address, "serving health checks");
+            }
+            let incoming = TcpIncoming::from(health_listener).with_nodelay(Some(true));
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(health_service.clone())
+                    .serve_with_incoming_shutdown(
+                        incoming,
+                        stop_accepting.clone().cancelled_owned(),
+                    ),
+            )
+        });
+
         // Whatever ends the serving, the way out is the same: readiness off, stop accepting,
         // give in-flight calls the grace period, then release the database.
         let outcome = tokio::select! {
@@ -287,6 +322,13 @@ impl Application {
                 .is_err()
         {
             metrics.abort();
+        }
+        if let Some(mut health) = health
+            && tokio::time::timeout_at(deadline, &mut health)
+                .await
+                .is_err()
+        {
+            health.abort();
         }
         pool.close().await;
         if let Some(private_server) = database.private_server.as_mut() {

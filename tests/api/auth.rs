@@ -941,3 +941,74 @@ async fn a_registered_client_certificate_authenticates_over_mutual_tls() {
     assert!(anonymous, "a client without a certificate is refused");
     let _ = std::fs::remove_dir_all(&pki.dir);
 }
+
+/// With TLS on the main listener, `--health-listen` serves the health checks alone in plaintext
+/// and without credentials, for the kubelet's gRPC probes; nothing else is reachable there.
+#[tokio::test]
+async fn the_plaintext_health_listener_serves_health_checks_only() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let pki = pki();
+    let database = crate::helpers::fresh_database(crate::helpers::FromTemplate::Yes).await;
+    let config = crate::helpers::config_for(&database, |config| {
+        config.auth.required = true;
+        config.tls = Some(callstore::config::TlsSettings {
+            cert: pki.dir.join("server.pem"),
+            key: pki.dir.join("server.key"),
+            client_ca: None,
+        });
+        config.health_listen_addr = Some(crate::helpers::loopback_port_0());
+    });
+    let app = crate::helpers::start(config).await;
+    let health = app.health.expect("a health listener");
+    let channel = Channel::from_shared(format!("http://{health}"))
+        .expect("an endpoint")
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .expect("connects in plaintext");
+    let mut client = HealthClient::new(channel.clone());
+    let mut readiness = client
+        .watch(HealthCheckRequest {
+            service: callstore::health::READINESS.to_owned(),
+        })
+        .await
+        .expect("watches readiness")
+        .into_inner();
+    tokio::time::timeout(DEADLINE, async {
+        while let Some(status) = readiness.message().await.expect("a status") {
+            if status.status() == ServingStatus::Serving {
+                return;
+            }
+        }
+        panic!("the watch ended before readiness was SERVING");
+    })
+    .await
+    .expect("readiness reaches SERVING");
+    let liveness = client
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("liveness answers")
+        .into_inner();
+    assert_eq!(liveness.status(), ServingStatus::Serving);
+
+    // The API is not served there, with or without credentials.
+    let refused = list_tasks(&channel, None, Some("acme"))
+        .await
+        .expect_err("not served on the health listener");
+    assert_eq!(refused.code(), Code::Unimplemented, "{refused:?}");
+    // And the main listener still wants TLS: a plaintext client gets no answer from it.
+    let plaintext = Channel::from_shared(format!("http://{}", app.address))
+        .expect("an endpoint")
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await;
+    if let Ok(channel) = plaintext {
+        assert!(list_tasks(&channel, None, Some("acme")).await.is_err());
+    }
+    let _ = std::fs::remove_dir_all(&pki.dir);
+}

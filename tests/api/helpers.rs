@@ -40,6 +40,8 @@ pub struct TestApp {
     pub webhook: Option<SocketAddr>,
     /// The metrics listener, when the configuration asked for one.
     pub metrics: Option<SocketAddr>,
+    /// The plaintext health listener, when the configuration asked for one.
+    pub health: Option<SocketAddr>,
     /// Options for connecting to the test's own database, as the service does (as
     /// [`SERVICE_ROLE`]).
     pub database: PgConnectOptions,
@@ -100,6 +102,7 @@ pub async fn start(config: Config) -> TestApp {
     let address = application.local_addr();
     let webhook = application.webhook_addr();
     let metrics = application.metrics_addr();
+    let health = application.health_addr();
     let database = application.database_connect_options().clone();
     let (shutdown, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(application.run_until_stopped(async {
@@ -109,6 +112,7 @@ pub async fn start(config: Config) -> TestApp {
         address,
         webhook,
         metrics,
+        health,
         database,
         shutdown: Some(shutdown),
         server: Some(server),

@@ -139,16 +139,29 @@ so a bad combination fails the render with one clear message.
 {{- end }}
 
 {{/*
+"true" when the server serves the plaintext health listener the probes use: with TLS and
+tls.probeMode healthPort.
+*/}}
+{{- define "callstore.healthPort" -}}
+{{- if and .Values.tls.enabled (eq .Values.tls.probeMode "healthPort") }}true{{ end }}
+{{- end }}
+
+{{/*
 The probe action for the health service given as "service": gRPC health checks on the gRPC
 port (numeric: the kubelet's gRPC probes take no port names). The kubelet's gRPC probes speak
-plaintext, so with TLS the port is probed by TCP connect, or by gRPC over TLS when
-tls.probeMode is grpcTLS (Kubernetes 1.37+).
+plaintext, so with TLS they go to the plaintext health port (tls.probeMode healthPort, the
+default), or to the TLS port by gRPC over TLS (grpcTLS, Kubernetes 1.37+) or TCP connect
+(tcpSocket).
 */}}
 {{- define "callstore.probeAction" -}}
 {{- $root := .root }}
 {{- if and $root.Values.tls.enabled (eq $root.Values.tls.probeMode "tcpSocket") }}
 tcpSocket:
   port: {{ $root.Values.containerPorts.grpc }}
+{{- else if (include "callstore.healthPort" $root) }}
+grpc:
+  port: {{ $root.Values.containerPorts.health }}
+  service: {{ .service | quote }}
 {{- else }}
 grpc:
   port: {{ $root.Values.containerPorts.grpc }}
