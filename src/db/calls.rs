@@ -483,34 +483,13 @@ pub(crate) async fn insert_turns(
 }
 
 /// Writes the turns of all the calls with one statement (turns are most of the rows ingest
-/// writes): `COPY` for many, an `INSERT` for a few (see [`COPY_MIN_TURNS`]); then their turn
-/// tags and call tags with one statement each.
+/// writes), then their turn tags and call tags with one statement each.
 async fn insert_contents(
     connection: &mut PgConnection,
     tenant: &TenantId,
     contents: &[CallContent<'_>],
 ) -> Result<(), DbError> {
-    let turns: usize = contents.iter().map(|content| content.turns.len()).sum();
-    if turns >= COPY_MIN_TURNS {
-        copy_turns(connection, tenant, contents).await?;
-    } else if turns > 0 {
-        let rows: Vec<TurnRow<'_>> = contents
-            .iter()
-            .flat_map(|content| {
-                content
-                    .turns
-                    .iter()
-                    .map(|turn| TurnRow::new(content.call_id, turn))
-            })
-            .collect();
-        let rows = serde_json::to_string(&rows)
-            .map_err(|error| DbError::InvalidData(sqlx::Error::Encode(Box::new(error))))?;
-        sqlx::query(INSERT_TURNS_SQL.as_str())
-            .bind(tenant.as_str())
-            .bind(rows)
-            .execute(&mut *connection)
-            .await?;
-    }
+    insert_turn_rows(connection, tenant, contents).await?;
 
     let mut link_calls = Vec::new();
     let mut link_sequences = Vec::new();
@@ -613,236 +592,165 @@ struct TranscriptRow {
     grams: Vec<i32>,
 }
 
-/// Turns written with `COPY` rather than an `INSERT`. `COPY` is the cheaper for the database
-/// by far, but `COPY … FROM STDIN` sends its data and its end in two writes, and on a TCP
-/// connection without `TCP_NODELAY` (sqlx sets none) the second waits for the server's delayed
-/// acknowledgement: 40 ms a transaction, which a big batch amortises and a small group commit
-/// cannot.
-const COPY_MIN_TURNS: usize = 1000;
-
-/// Writes turns with one `COPY`.
-async fn copy_turns(
+/// Writes the turns with one `INSERT … SELECT FROM unnest(…)` of a typed array per column,
+/// sent in binary. `COPY` would cost Postgres less, but it cannot write a table under
+/// row-level security; this costs less than a JSON document Postgres would parse.
+async fn insert_turn_rows(
     connection: &mut PgConnection,
     tenant: &TenantId,
     contents: &[CallContent<'_>],
 ) -> Result<(), DbError> {
-    let mut rows = CopyText::default();
+    let count: usize = contents.iter().map(|content| content.turns.len()).sum();
+    if count == 0 {
+        return Ok(());
+    }
+    let mut columns = TurnColumns::with_capacity(count);
     for content in contents {
         for turn in content.turns {
-            write_turn(&mut rows, tenant, content.call_id, turn);
+            columns.push(content.call_id, turn)?;
         }
     }
-    let mut copy = connection.copy_in_raw(COPY_TURNS_SQL).await?;
-    if let Err(error) = copy.send(rows.into_bytes()).await {
-        // Leaves the connection usable; the error is what the caller needs.
-        let _ = copy.abort("sending the rows failed").await;
-        return Err(error.into());
-    }
-    copy.finish().await?;
+    sqlx::query(INSERT_TURNS_SQL)
+        .bind(tenant.as_str())
+        .bind(columns.call_id)
+        .bind(columns.sequence)
+        .bind(columns.speaker)
+        .bind(columns.text)
+        .bind(columns.time)
+        .bind(columns.start_offset_ms)
+        .bind(columns.end_offset_ms)
+        .bind(columns.speak_ms)
+        .bind(columns.play_ms)
+        .bind(columns.node_id)
+        .bind(columns.node_name)
+        .bind(columns.node_class)
+        .bind(columns.node_type)
+        .bind(columns.trigger_title)
+        .bind(columns.matched_keyword)
+        .bind(columns.jump_type)
+        .bind(columns.match_type)
+        .bind(columns.score_delta)
+        .bind(columns.label)
+        .bind(columns.audio_file)
+        .bind(columns.audio_pieces)
+        .bind(columns.asr_engine)
+        .bind(columns.asr_latency_ms)
+        .bind(columns.record_ms)
+        .bind(columns.volume_gain)
+        .bind(columns.question_index)
+        .bind(columns.after_transfer)
+        .bind(columns.source_turn_id)
+        .bind(columns.extra)
+        .execute(&mut *connection)
+        .await?;
     Ok(())
 }
 
-/// One row of `turns` as the insert reads it (`json_populate_recordset(NULL::turns, …)`); the
-/// field names are the column names, and the statement's column list is derived from them.
-#[derive(Serialize)]
-struct TurnRow<'turn> {
-    call_id: Uuid,
-    sequence: i32,
-    speaker: i16,
-    text: &'turn str,
-    time: Option<DateTime<Utc>>,
-    start_offset_ms: Option<i64>,
-    end_offset_ms: Option<i64>,
-    speak_ms: Option<i64>,
-    play_ms: Option<i64>,
-    node_id: Option<&'turn str>,
-    node_name: Option<&'turn str>,
-    node_class: Option<&'turn str>,
-    node_type: i16,
-    trigger_title: Option<&'turn str>,
-    matched_keyword: Option<&'turn str>,
-    jump_type: i16,
-    match_type: Option<i32>,
-    score_delta: Option<i64>,
-    label: Option<&'turn str>,
-    audio_file: Option<&'turn str>,
-    audio_pieces: Option<&'turn [crate::domain::call::AudioPiece]>,
-    asr_engine: Option<&'turn str>,
-    asr_latency_ms: Option<i64>,
-    record_ms: Option<i64>,
-    volume_gain: Option<f64>,
-    question_index: Option<i32>,
-    after_transfer: bool,
-    source_turn_id: Option<&'turn str>,
-    extra: &'turn crate::domain::call::Extra,
-}
+const INSERT_TURNS_SQL: &str = "INSERT INTO turns (tenant_id, call_id, sequence, speaker, text,
+    time, start_offset_ms, end_offset_ms, speak_ms, play_ms, node_id, node_name, node_class,
+    node_type, trigger_title, matched_keyword, jump_type, match_type, score_delta, label,
+    audio_file, audio_pieces, asr_engine, asr_latency_ms, record_ms, volume_gain, question_index,
+    after_transfer, source_turn_id, extra)
+SELECT $1, t.call_id, t.sequence, t.speaker, t.text, t.time, t.start_offset_ms, t.end_offset_ms,
+    t.speak_ms, t.play_ms, t.node_id, t.node_name, t.node_class, t.node_type, t.trigger_title,
+    t.matched_keyword, t.jump_type, t.match_type, t.score_delta, t.label, t.audio_file,
+    t.audio_pieces::jsonb, t.asr_engine, t.asr_latency_ms, t.record_ms, t.volume_gain,
+    t.question_index, t.after_transfer, t.source_turn_id, t.extra::jsonb
+FROM unnest($2::uuid[], $3::integer[], $4::smallint[], $5::text[], $6::timestamptz[],
+    $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::text[], $12::text[],
+    $13::text[], $14::smallint[], $15::text[], $16::text[], $17::smallint[], $18::integer[],
+    $19::bigint[], $20::text[], $21::text[], $22::text[], $23::text[], $24::bigint[],
+    $25::bigint[], $26::double precision[], $27::integer[], $28::boolean[], $29::text[],
+    $30::text[])
+    AS t (call_id, sequence, speaker, text, time, start_offset_ms, end_offset_ms, speak_ms,
+          play_ms, node_id, node_name, node_class, node_type, trigger_title, matched_keyword,
+          jump_type, match_type, score_delta, label, audio_file, audio_pieces, asr_engine,
+          asr_latency_ms, record_ms, volume_gain, question_index, after_transfer,
+          source_turn_id, extra)";
 
-impl<'turn> TurnRow<'turn> {
-    fn new(call_id: Uuid, turn: &'turn Turn) -> Self {
-        Self {
-            call_id,
-            sequence: turn.sequence,
-            speaker: turn.speaker as i16,
-            text: &turn.text,
-            time: turn.time,
-            start_offset_ms: turn.start_offset_ms,
-            end_offset_ms: turn.end_offset_ms,
-            speak_ms: turn.speak_ms,
-            play_ms: turn.play_ms,
-            node_id: turn.node_id.as_deref(),
-            node_name: turn.node_name.as_deref(),
-            node_class: turn.node_class.as_deref(),
-            node_type: turn.node_type as i16,
-            trigger_title: turn.trigger_title.as_deref(),
-            matched_keyword: turn.matched_keyword.as_deref(),
-            jump_type: turn.jump_type as i16,
-            match_type: turn.match_type,
-            score_delta: turn.score_delta,
-            label: turn.label.as_deref(),
-            audio_file: turn.audio_file.as_deref(),
-            audio_pieces: (!turn.audio_pieces.is_empty()).then_some(turn.audio_pieces.as_slice()),
-            asr_engine: turn.asr_engine.as_deref(),
-            asr_latency_ms: turn.asr_latency_ms,
-            record_ms: turn.record_ms,
-            volume_gain: turn.volume_gain,
-            question_index: turn.question_index,
-            after_transfer: turn.after_transfer,
-            source_turn_id: turn.source_turn_id.as_deref(),
-            extra: &turn.extra,
-        }
-    }
-}
-
-/// Inserts the turns given as a JSON array of [`TurnRow`]s.
-static INSERT_TURNS_SQL: LazyLock<String> = LazyLock::new(|| {
-    let sample = Turn::default();
-    let columns: Vec<String> = match serde_json::to_value(TurnRow::new(Uuid::nil(), &sample)) {
-        Ok(Value::Object(fields)) => fields.keys().cloned().collect(),
-        _ => Vec::new(),
-    };
-    let columns = columns.join(", ");
-    format!(
-        "INSERT INTO turns (tenant_id, {columns})
-         SELECT $1, {columns} FROM json_populate_recordset(NULL::turns, $2::json)"
-    )
-});
-
-const COPY_TURNS_SQL: &str = "COPY turns (tenant_id, call_id, sequence, speaker, text, time,
-    start_offset_ms, end_offset_ms, speak_ms, play_ms, node_id, node_name, node_class, node_type,
-    trigger_title, matched_keyword, jump_type, match_type, score_delta, label, audio_file,
-    audio_pieces, asr_engine, asr_latency_ms, record_ms, volume_gain, question_index,
-    after_transfer, source_turn_id, extra) FROM STDIN";
-
-/// One turn as a row of [`COPY_TURNS_SQL`], fields in its column order.
-fn write_turn(rows: &mut CopyText, tenant: &TenantId, call_id: Uuid, turn: &Turn) {
-    rows.text(tenant.as_str());
-    rows.display(call_id);
-    rows.display(turn.sequence);
-    rows.display(turn.speaker as i16);
-    rows.text(&turn.text);
-    rows.time(turn.time);
-    rows.optional(turn.start_offset_ms);
-    rows.optional(turn.end_offset_ms);
-    rows.optional(turn.speak_ms);
-    rows.optional(turn.play_ms);
-    rows.optional_text(turn.node_id.as_deref());
-    rows.optional_text(turn.node_name.as_deref());
-    rows.optional_text(turn.node_class.as_deref());
-    rows.display(turn.node_type as i16);
-    rows.optional_text(turn.trigger_title.as_deref());
-    rows.optional_text(turn.matched_keyword.as_deref());
-    rows.display(turn.jump_type as i16);
-    rows.optional(turn.match_type);
-    rows.optional(turn.score_delta);
-    rows.optional_text(turn.label.as_deref());
-    rows.optional_text(turn.audio_file.as_deref());
-    if turn.audio_pieces.is_empty() {
-        rows.null();
-    } else {
-        rows.json(&turn.audio_pieces);
-    }
-    rows.optional_text(turn.asr_engine.as_deref());
-    rows.optional(turn.asr_latency_ms);
-    rows.optional(turn.record_ms);
-    rows.optional(turn.volume_gain);
-    rows.optional(turn.question_index);
-    rows.display(turn.after_transfer);
-    rows.optional_text(turn.source_turn_id.as_deref());
-    rows.json(&turn.extra);
-    rows.end_row();
-}
-
-/// Rows in the text format of `COPY … FROM STDIN`: tab-separated fields, `\N` for NULL,
-/// backslash escapes for backslash, tab, newline and carriage return.
+/// The turns of [`INSERT_TURNS_SQL`], a vector per column; the JSON columns as text.
 #[derive(Default)]
-struct CopyText {
-    buffer: String,
+struct TurnColumns<'turn> {
+    call_id: Vec<Uuid>,
+    sequence: Vec<i32>,
+    speaker: Vec<i16>,
+    text: Vec<&'turn str>,
+    time: Vec<Option<DateTime<Utc>>>,
+    start_offset_ms: Vec<Option<i64>>,
+    end_offset_ms: Vec<Option<i64>>,
+    speak_ms: Vec<Option<i64>>,
+    play_ms: Vec<Option<i64>>,
+    node_id: Vec<Option<&'turn str>>,
+    node_name: Vec<Option<&'turn str>>,
+    node_class: Vec<Option<&'turn str>>,
+    node_type: Vec<i16>,
+    trigger_title: Vec<Option<&'turn str>>,
+    matched_keyword: Vec<Option<&'turn str>>,
+    jump_type: Vec<i16>,
+    match_type: Vec<Option<i32>>,
+    score_delta: Vec<Option<i64>>,
+    label: Vec<Option<&'turn str>>,
+    audio_file: Vec<Option<&'turn str>>,
+    audio_pieces: Vec<Option<String>>,
+    asr_engine: Vec<Option<&'turn str>>,
+    asr_latency_ms: Vec<Option<i64>>,
+    record_ms: Vec<Option<i64>>,
+    volume_gain: Vec<Option<f64>>,
+    question_index: Vec<Option<i32>>,
+    after_transfer: Vec<bool>,
+    source_turn_id: Vec<Option<&'turn str>>,
+    extra: Vec<String>,
 }
 
-impl CopyText {
-    fn separator(&mut self) {
-        if !self.buffer.is_empty() && !self.buffer.ends_with('\n') {
-            self.buffer.push('\t');
+fn to_json(value: &impl Serialize) -> Result<String, DbError> {
+    serde_json::to_string(value)
+        .map_err(|error| DbError::InvalidData(sqlx::Error::Encode(Box::new(error))))
+}
+
+impl<'turn> TurnColumns<'turn> {
+    fn with_capacity(count: usize) -> Self {
+        Self {
+            call_id: Vec::with_capacity(count),
+            sequence: Vec::with_capacity(count),
+            text: Vec::with_capacity(count),
+            ..Self::default()
         }
     }
 
-    fn null(&mut self) {
-        self.separator();
-        self.buffer.push_str("\\N");
-    }
-
-    fn text(&mut self, value: &str) {
-        self.separator();
-        for character in value.chars() {
-            match character {
-                '\\' => self.buffer.push_str("\\\\"),
-                '\t' => self.buffer.push_str("\\t"),
-                '\n' => self.buffer.push_str("\\n"),
-                '\r' => self.buffer.push_str("\\r"),
-                other => self.buffer.push(other),
-            }
-        }
-    }
-
-    fn optional_text(&mut self, value: Option<&str>) {
-        match value {
-            Some(value) => self.text(value),
-            None => self.null(),
-        }
-    }
-
-    /// A value whose `Display` needs no escaping (numbers, booleans, UUIDs).
-    fn display(&mut self, value: impl std::fmt::Display) {
-        use std::fmt::Write as _;
-        self.separator();
-        let _ = write!(self.buffer, "{value}");
-    }
-
-    fn optional(&mut self, value: Option<impl std::fmt::Display>) {
-        match value {
-            Some(value) => self.display(value),
-            None => self.null(),
-        }
-    }
-
-    fn time(&mut self, value: Option<DateTime<Utc>>) {
-        match value {
-            Some(time) => self.display(time.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
-            None => self.null(),
-        }
-    }
-
-    fn json(&mut self, value: &impl Serialize) {
-        // Serialising plain data (strings, numbers, maps) cannot fail.
-        let json = serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned());
-        self.text(&json);
-    }
-
-    fn end_row(&mut self) {
-        self.buffer.push('\n');
-    }
-
-    fn into_bytes(self) -> Vec<u8> {
-        self.buffer.into_bytes()
+    fn push(&mut self, call_id: Uuid, turn: &'turn Turn) -> Result<(), DbError> {
+        self.call_id.push(call_id);
+        self.sequence.push(turn.sequence);
+        self.speaker.push(turn.speaker as i16);
+        self.text.push(&turn.text);
+        self.time.push(turn.time);
+        self.start_offset_ms.push(turn.start_offset_ms);
+        self.end_offset_ms.push(turn.end_offset_ms);
+        self.speak_ms.push(turn.speak_ms);
+        self.play_ms.push(turn.play_ms);
+        self.node_id.push(turn.node_id.as_deref());
+        self.node_name.push(turn.node_name.as_deref());
+        self.node_class.push(turn.node_class.as_deref());
+        self.node_type.push(turn.node_type as i16);
+        self.trigger_title.push(turn.trigger_title.as_deref());
+        self.matched_keyword.push(turn.matched_keyword.as_deref());
+        self.jump_type.push(turn.jump_type as i16);
+        self.match_type.push(turn.match_type);
+        self.score_delta.push(turn.score_delta);
+        self.label.push(turn.label.as_deref());
+        self.audio_file.push(turn.audio_file.as_deref());
+        self.audio_pieces.push(if turn.audio_pieces.is_empty() {
+            None
+        } else {
+            Some(to_json(&turn.audio_pieces)?)
+        });
+        self.asr_engine.push(turn.asr_engine.as_deref());
+        self.asr_latency_ms.push(turn.asr_latency_ms);
+        self.record_ms.push(turn.record_ms);
+        self.volume_gain.push(turn.volume_gain);
+        self.question_index.push(turn.question_index);
+        self.after_transfer.push(turn.after_transfer);
+        self.source_turn_id.push(turn.source_turn_id.as_deref());
+        self.extra.push(to_json(&turn.extra)?);
+        Ok(())
     }
 }

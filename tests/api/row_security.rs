@@ -164,3 +164,61 @@ async fn a_scope_names_only_a_plain_tenant_id() {
             .expect("checks")
     );
 }
+
+/// A batch of many turns is written with one statement under the policies (Postgres refuses
+/// `COPY FROM` on a table with row-level security, which ingest once used for big batches).
+#[tokio::test]
+async fn a_batch_of_many_turns_is_written_in_one_statement_under_the_policies() {
+    use callstore::api::convert::{CallLimits, call_from_proto};
+    use callstore::proto::{Speaker, Turn};
+
+    let app = spawn_app().await;
+    // The tenant's row, through the API.
+    ingest(&app, "acme", &["first"]).await;
+    let service = PgPool::connect_with(as_service(&app.database))
+        .await
+        .expect("connects as the service role");
+    let tenant = TenantId::parse("acme").expect("tenant");
+    let calls: Vec<_> = (0..100)
+        .map(|index| {
+            let mut record = native_call(&format!("many-{index}"), "13800000001");
+            record.turns = (1..=12)
+                .map(|sequence| Turn {
+                    sequence,
+                    speaker: if sequence % 2 == 1 {
+                        Speaker::Robot as i32
+                    } else {
+                        Speaker::Customer as i32
+                    },
+                    text: format!("第{sequence}句\ttab\\slash"),
+                    ..Default::default()
+                })
+                .collect();
+            call_from_proto(record, "call", &CallLimits::default()).expect("a valid call")
+        })
+        .collect();
+    let refs: Vec<_> = calls.iter().collect();
+    let mut transaction = db::begin(&service, &tenant).await.expect("begins");
+    let stored = callstore::db::calls::store_calls(&mut transaction, &tenant, &refs)
+        .await
+        .expect("1,200 turns in one go");
+    transaction.commit().await.expect("commits");
+    assert_eq!(stored.len(), 100);
+
+    let pool = app.pool().await;
+    let turns: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM turns WHERE tenant_id = 'acme' AND text LIKE '第%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("counts");
+    assert_eq!(turns, 1200);
+    let text: String = sqlx::query_scalar(
+        "SELECT t.text FROM turns t JOIN calls c ON c.tenant_id = t.tenant_id AND c.id = t.call_id
+         WHERE c.source_call_id = 'many-7' AND t.sequence = 3",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("reads");
+    assert_eq!(text, "第3句\ttab\\slash");
+}
