@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -136,27 +135,57 @@ pub struct ComputedFor<'result> {
     pub first: bool,
 }
 
-#[derive(Serialize)]
-struct ComputedRow<'result> {
+/// Computed results as [`STORE_COMPUTED_SQL`] takes them: a vector per column, sent as typed
+/// arrays (binary, nothing for Postgres to parse but the JSON of `details`). The rule ids of
+/// all results go in one array; each result names its slice of it (1-based, inclusive; an
+/// empty slice when `hits_to < hits_from`).
+#[derive(Default)]
+struct ComputedColumns {
     /// Time-ordered (v7), so new results append to the primary key's index instead of
     /// landing on random pages of it.
-    id: Uuid,
-    call_id: Uuid,
-    call_version: i64,
-    task_id: Option<Uuid>,
-    source_format: i16,
-    status: i16,
-    score: Option<f64>,
-    rule_set_id: Option<Uuid>,
-    rule_set_version: Option<i64>,
-    violation_count: Option<i32>,
-    /// bytea in its text form, `\x` and hex digits.
-    content_hash: String,
-    details: Box<serde_json::value::RawValue>,
+    id: Vec<Uuid>,
+    call_id: Vec<Uuid>,
+    call_version: Vec<i64>,
+    task_id: Vec<Option<Uuid>>,
+    source_format: Vec<i16>,
+    status: Vec<i16>,
+    score: Vec<Option<f64>>,
+    rule_set_id: Vec<Option<Uuid>>,
+    rule_set_version: Vec<Option<i64>>,
+    violation_count: Vec<Option<i32>>,
+    content_hash: Vec<Vec<u8>>,
+    details: Vec<String>,
+    hits_from: Vec<i32>,
+    hits_to: Vec<i32>,
+    first: Vec<bool>,
     hit_rule_ids: Vec<String>,
-    first: bool,
-    #[serde(skip)]
-    _result: std::marker::PhantomData<&'result ()>,
+}
+
+impl ComputedColumns {
+    fn push(&mut self, result: &ComputedFor<'_>) {
+        let computed = result.computed;
+        let scoring = computed.scoring.as_ref();
+        let details = computed.details_json();
+        self.id.push(Uuid::now_v7());
+        self.call_id.push(result.call_id);
+        self.call_version.push(result.call_version);
+        self.task_id.push(result.task_id);
+        self.source_format.push(result.source_format as i16);
+        self.status.push(QualityStatus::Done as i16);
+        self.score.push(computed.score());
+        self.rule_set_id.push(scoring.map(|scoring| scoring.rule_set_id));
+        self.rule_set_version
+            .push(scoring.map(|scoring| scoring.rule_set_version));
+        self.violation_count.push(computed.violation_count());
+        self.content_hash
+            .push(Computed::content_hash_of(&details, scoring).to_vec());
+        self.details.push(details);
+        let position = |count: usize| i32::try_from(count).unwrap_or(i32::MAX);
+        self.hits_from.push(position(self.hit_rule_ids.len() + 1));
+        self.hit_rule_ids.extend(computed.hit_rule_ids());
+        self.hits_to.push(position(self.hit_rule_ids.len()));
+        self.first.push(result.first);
+    }
 }
 
 /// Stores computed results, each as the call's next computed version, in one statement. A
@@ -177,47 +206,31 @@ pub async fn store_computed(
     if last_of_call.is_empty() {
         return Ok(Vec::new());
     }
-    let rows: Vec<ComputedRow<'_>> = last_of_call
-        .into_values()
-        .map(|result| {
-            let computed = result.computed;
-            let scoring = computed.scoring.as_ref();
-            let details = computed.details_json();
-            ComputedRow {
-                id: Uuid::now_v7(),
-                call_id: result.call_id,
-                call_version: result.call_version,
-                task_id: result.task_id,
-                source_format: result.source_format as i16,
-                status: QualityStatus::Done as i16,
-                score: computed.score(),
-                rule_set_id: scoring.map(|scoring| scoring.rule_set_id),
-                rule_set_version: scoring.map(|scoring| scoring.rule_set_version),
-                violation_count: computed.violation_count(),
-                content_hash: Computed::content_hash_of(&details, scoring).iter().fold(
-                    String::from("\\x"),
-                    |mut text, byte| {
-                        text.push_str(&format!("{byte:02x}"));
-                        text
-                    },
-                ),
-                // The text is JSON made by serde_json, so it is valid as a raw value.
-                details: serde_json::value::RawValue::from_string(details)
-                    .unwrap_or_else(|_| empty_object()),
-                hit_rule_ids: computed.hit_rule_ids(),
-                first: result.first,
-                _result: std::marker::PhantomData,
-            }
-        })
-        .collect();
-    let rows = serde_json::to_string(&rows)
-        .map_err(|error| DbError::InvalidData(sqlx::Error::Encode(Box::new(error))))?;
+    let mut columns = ComputedColumns::default();
+    for result in last_of_call.into_values() {
+        columns.push(result);
+    }
     let stored: Vec<(Uuid, i64, Uuid)> = sqlx::query_as(STORE_COMPUTED_SQL)
         .bind(tenant.as_str())
-        .bind(rows)
         .bind(QualitySource::Computed as i16)
         .bind(announce)
         .bind(CallEventKind::QualityAdded as i16)
+        .bind(columns.id)
+        .bind(columns.call_id)
+        .bind(columns.call_version)
+        .bind(columns.task_id)
+        .bind(columns.source_format)
+        .bind(columns.status)
+        .bind(columns.score)
+        .bind(columns.rule_set_id)
+        .bind(columns.rule_set_version)
+        .bind(columns.violation_count)
+        .bind(columns.content_hash)
+        .bind(columns.details)
+        .bind(columns.hits_from)
+        .bind(columns.hits_to)
+        .bind(columns.first)
+        .bind(columns.hit_rule_ids)
         .fetch_all(&mut *connection)
         .await?;
     Ok(stored
@@ -234,25 +247,21 @@ pub async fn store_computed(
         .collect())
 }
 
-fn empty_object() -> Box<serde_json::value::RawValue> {
-    serde_json::value::to_raw_value(&serde_json::Map::new())
-        .unwrap_or_else(|_| Box::<serde_json::value::RawValue>::default())
-}
-
 const STORE_COMPUTED_SQL: &str = "
 WITH input AS (
     SELECT *
-    FROM json_to_recordset($2::json) AS i(
-        id uuid, call_id uuid, call_version bigint, task_id uuid, source_format smallint, status smallint,
-        score double precision, rule_set_id uuid, rule_set_version bigint,
-        violation_count integer, content_hash bytea, details jsonb, hit_rule_ids text[],
-        first boolean)
+    FROM unnest($5::uuid[], $6::uuid[], $7::bigint[], $8::uuid[], $9::smallint[], $10::smallint[],
+                $11::double precision[], $12::uuid[], $13::bigint[], $14::integer[], $15::bytea[],
+                $16::text[], $17::integer[], $18::integer[], $19::boolean[])
+        AS i (id, call_id, call_version, task_id, source_format, status, score, rule_set_id,
+              rule_set_version, violation_count, content_hash, details, hits_from, hits_to,
+              first)
 ), latest AS (
     SELECT i.call_id, l.version, l.content_hash
     FROM input i
     CROSS JOIN LATERAL (
         SELECT q.version, q.content_hash FROM quality_results q
-        WHERE q.tenant_id = $1 AND q.call_id = i.call_id AND q.source = $3
+        WHERE q.tenant_id = $1 AND q.call_id = i.call_id AND q.source = $2
         ORDER BY q.version DESC
         LIMIT 1
     ) l
@@ -261,19 +270,19 @@ WITH input AS (
     INSERT INTO quality_results (tenant_id, id, call_id, source, version, source_format, status,
         score, rule_set_id, rule_set_version, violation_count, content_hash, details,
         hit_rule_ids)
-    SELECT $1, i.id, i.call_id, $3, coalesce(l.version, 0) + 1, i.source_format, i.status, i.score,
-        i.rule_set_id, i.rule_set_version, i.violation_count, i.content_hash, i.details,
-        i.hit_rule_ids
+    SELECT $1, i.id, i.call_id, $2, coalesce(l.version, 0) + 1, i.source_format, i.status, i.score,
+        i.rule_set_id, i.rule_set_version, i.violation_count, i.content_hash, i.details::json,
+        coalesce(($20::text[])[i.hits_from:i.hits_to], '{}')
     FROM input i
     LEFT JOIN latest l ON l.call_id = i.call_id
     WHERE l.content_hash IS DISTINCT FROM i.content_hash
     RETURNING id, version, call_id
 ), announced AS (
     INSERT INTO feed_events (tenant_id, kind, call_id, call_version, task_id, quality_id)
-    SELECT $1, $5, n.call_id, i.call_version, i.task_id, n.id
+    SELECT $1, $4, n.call_id, i.call_version, i.task_id, n.id
     FROM inserted n
     JOIN input i ON i.call_id = n.call_id
-    WHERE $4
+    WHERE $3
 )
 SELECT id, version, call_id FROM inserted";
 

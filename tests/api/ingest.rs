@@ -591,7 +591,7 @@ async fn a_huawei_qc_result_attaches_to_its_call_once() {
     );
     let pool = app.pool().await;
     let (source, staff, segments): (i16, Option<String>, i64) = sqlx::query_as(
-        "SELECT source, details->>'staff_name', jsonb_array_length(details->'segments')::bigint
+        "SELECT source, details->>'staff_name', json_array_length(details->'segments')::bigint
          FROM quality_results WHERE source = 2",
     )
     .fetch_one(&pool)
