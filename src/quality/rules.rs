@@ -1,7 +1,8 @@
 //! Rule sets: what each kind of rule checks, their validation and their compiled form.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
+use aho_corasick::{AhoCorasick, MatchKind};
 use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -421,12 +422,13 @@ pub enum Check {
     },
 }
 
-/// A rule set ready to apply: patterns compiled, keywords normalised.
+/// A rule set ready to apply: patterns compiled, keywords normalised and indexed.
 #[derive(Debug, Clone)]
 pub struct CompiledRuleSet {
     pub rule_set_id: uuid::Uuid,
     pub version: i64,
     rules: Vec<CompiledRule>,
+    keywords: KeywordIndex,
 }
 
 impl CompiledRuleSet {
@@ -450,17 +452,146 @@ impl CompiledRuleSet {
                 severity: rule.severity,
                 check: compile_check(&rule.kind, patterns),
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let keywords = KeywordIndex::new(&rules);
         Ok(Self {
             rule_set_id,
             version,
             rules,
+            keywords,
         })
     }
 
     /// The rules, in the rule set's order.
     pub fn rules(&self) -> &[CompiledRule] {
         &self.rules
+    }
+
+    /// The keywords of all its keyword rules, to find in one pass over a text.
+    pub fn keyword_index(&self) -> &KeywordIndex {
+        &self.keywords
+    }
+}
+
+/// The normalised keywords of every keyword rule of a rule set, each distinct keyword once
+/// (its id), in one Aho–Corasick automaton: a text is scanned once for all of them.
+#[derive(Debug, Clone)]
+pub struct KeywordIndex {
+    /// Over `keywords`, pattern id = keyword id; `None` when there are no keywords (or, should
+    /// it ever fail to build, then each keyword is searched for on its own).
+    automaton: Option<AhoCorasick>,
+    /// The distinct keywords, by id.
+    keywords: Vec<String>,
+    /// The id of each keyword of each rule, rule after rule, in keyword order.
+    ids: Vec<u32>,
+    /// Where each rule's ids start in `ids` (one more entry than rules: the end).
+    starts: Vec<usize>,
+    /// The sides some rule looks for keywords in: every side, or these.
+    every_side: bool,
+    sides: Vec<Speaker>,
+}
+
+impl KeywordIndex {
+    /// Indexes the keywords of the rules' [`Check::Keyword`]s.
+    fn new(rules: &[CompiledRule]) -> Self {
+        let mut keywords: Vec<String> = Vec::new();
+        let mut by_text: HashMap<&str, u32> = HashMap::new();
+        let mut ids = Vec::new();
+        let mut starts = Vec::with_capacity(rules.len() + 1);
+        let mut every_side = false;
+        let mut sides = Vec::new();
+        for rule in rules {
+            starts.push(ids.len());
+            let Check::Keyword {
+                speaker,
+                keywords: words,
+                ..
+            } = &rule.check
+            else {
+                continue;
+            };
+            if words.is_empty() {
+                continue;
+            }
+            match speaker {
+                None => every_side = true,
+                Some(side) if !sides.contains(side) => sides.push(*side),
+                Some(_) => {}
+            }
+            for word in words {
+                let next = u32::try_from(keywords.len()).unwrap_or(u32::MAX);
+                let id = *by_text.entry(word.as_str()).or_insert_with(|| {
+                    keywords.push(word.clone());
+                    next
+                });
+                ids.push(id);
+            }
+        }
+        starts.push(ids.len());
+        // At most MAX_RULES * MAX_KEYWORDS patterns of MAX_KEYWORD_CHARS: far within the
+        // automaton's limits, but a failure falls back to searching keyword by keyword.
+        let automaton = if keywords.is_empty() {
+            None
+        } else {
+            AhoCorasick::builder()
+                .match_kind(MatchKind::Standard)
+                .build(&keywords)
+                .ok()
+        };
+        Self {
+            automaton,
+            keywords,
+            ids,
+            starts,
+            every_side,
+            sides,
+        }
+    }
+
+    /// How many distinct keywords there are: ids are below this.
+    pub fn len(&self) -> usize {
+        self.keywords.len()
+    }
+
+    /// Whether there are no keywords at all.
+    pub fn is_empty(&self) -> bool {
+        self.keywords.is_empty()
+    }
+
+    /// The id of each keyword of the rule at `rule` (its index in [`CompiledRuleSet::rules`]),
+    /// in the rule's keyword order; empty for a rule that is not a keyword rule.
+    pub fn ids(&self, rule: usize) -> &[u32] {
+        match (self.starts.get(rule), self.starts.get(rule + 1)) {
+            (Some(&start), Some(&end)) => &self.ids[start..end],
+            _ => &[],
+        }
+    }
+
+    /// Whether some rule looks for keywords in what `speaker` says.
+    pub fn checks(&self, speaker: Speaker) -> bool {
+        self.every_side || self.sides.contains(&speaker)
+    }
+
+    /// Calls `found(id, byte start)` for occurrences of the keywords in `text` (normalised);
+    /// the first call for an id is at that keyword's first occurrence (its leftmost start, as
+    /// `str::find` gives), later ones (if any) are further right.
+    pub fn find(&self, text: &str, mut found: impl FnMut(u32, usize)) {
+        match &self.automaton {
+            // Overlapping matches come in the order they end; for one keyword (one length)
+            // that is the order they start.
+            Some(automaton) => {
+                for matched in automaton.find_overlapping_iter(text) {
+                    found(matched.pattern().as_u32(), matched.start());
+                }
+            }
+            None => {
+                for (id, keyword) in (0u32..).zip(&self.keywords) {
+                    if let Some(start) = text.find(keyword.as_str()) {
+                        found(id, start);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -857,5 +988,75 @@ mod tests {
         };
         assert_eq!(violations, validate(&rules));
         assert_eq!(fields(&violations), ["rules[1].keyword.patterns[0]"]);
+    }
+
+    /// (id, byte start) of the first call of `find` for each keyword id, by id.
+    fn first_found(index: &KeywordIndex, text: &str) -> Vec<(u32, usize)> {
+        let mut first: Vec<(u32, usize)> = Vec::new();
+        index.find(text, |id, start| {
+            if !first.iter().any(|&(seen, _)| seen == id) {
+                first.push((id, start));
+            }
+        });
+        first.sort_unstable();
+        first
+    }
+
+    #[test]
+    fn keywords_are_indexed_once_each_across_rules() {
+        let rules = vec![
+            rule("a", keyword(&["不需要", "需要"], &[])),
+            rule("s", silence(1)),
+            rule("p", keyword(&[], &["x"])),
+            rule(
+                "b",
+                RuleKind::Keyword {
+                    speaker: None,
+                    keywords: vec!["需要".to_owned(), "OK".to_owned(), "ok".to_owned()],
+                    patterns: Vec::new(),
+                    required: true,
+                },
+            ),
+        ];
+        let Ok(compiled) = CompiledRuleSet::compile(uuid::Uuid::nil(), 1, &rules) else {
+            panic!("a valid rule set must compile");
+        };
+        let index = compiled.keyword_index();
+        assert_eq!(index.len(), 3);
+        assert_eq!(index.ids(0), [0, 1]);
+        assert_eq!(index.ids(1), [0u32; 0]);
+        assert_eq!(index.ids(2), [0u32; 0]);
+        assert_eq!(index.ids(3), [1, 2, 2]);
+        assert_eq!(index.ids(4), [0u32; 0]);
+        assert!(index.checks(Speaker::Customer));
+        // Without the automaton (should it fail to build), each keyword is searched for on
+        // its own, with the same first occurrences.
+        let fallback = KeywordIndex {
+            automaton: None,
+            ..index.clone()
+        };
+        for text in ["", "ok 需要不需要", "不需要需要 okok", "不需"] {
+            assert_eq!(
+                first_found(index, text),
+                first_found(&fallback, text),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            first_found(index, "ok 需要不需要"),
+            [(0, 9), (1, 3), (2, 0)]
+        );
+
+        let robot_only = vec![
+            rule("r", keyword(&["a"], &[])),
+            rule("p", keyword(&[], &["b"])),
+        ];
+        let Ok(compiled) = CompiledRuleSet::compile(uuid::Uuid::nil(), 1, &robot_only) else {
+            panic!("a valid rule set must compile");
+        };
+        let index = compiled.keyword_index();
+        assert!(index.checks(Speaker::Robot));
+        assert!(!index.checks(Speaker::Customer));
+        assert!(!index.is_empty());
     }
 }

@@ -7,7 +7,7 @@ use crate::domain::transcript::normalize;
 use crate::proto::{Severity, Speaker};
 use crate::quality::Dialogue;
 use crate::quality::metrics::Metrics;
-use crate::quality::rules::{Check, CompiledRule, CompiledRuleSet};
+use crate::quality::rules::{Check, CompiledRule, CompiledRuleSet, KeywordIndex};
 
 /// A scoring profile: where scores start and the bounds they are clamped to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,28 +76,19 @@ pub fn score(
     dialogue: &Dialogue,
     metrics: &Metrics,
 ) -> Scored {
-    // Each utterance's text, normalised once for all keyword rules (if there are any).
+    // Each utterance's text, normalised once and scanned once for all keyword rules (if there
+    // are any).
     let has_keywords = rules
         .rules()
         .iter()
         .any(|rule| matches!(rule.check, Check::Keyword { .. }));
-    let texts: Vec<(i32, Speaker, String)> = if has_keywords {
-        dialogue
-            .utterances
-            .iter()
-            .map(|utterance| {
-                (
-                    utterance.sequence,
-                    utterance.speaker,
-                    normalize(&utterance.text),
-                )
-            })
-            .collect()
+    let texts = if has_keywords {
+        Texts::new(rules.keyword_index(), dialogue)
     } else {
-        Vec::new()
+        Texts::default()
     };
     let mut hits = Vec::new();
-    for rule in rules.rules() {
+    for (index, rule) in rules.rules().iter().enumerate() {
         let mut found = Found {
             rule,
             version: rules.version,
@@ -113,6 +104,7 @@ pub fn score(
                 let keyword = KeywordCheck {
                     speaker: *speaker,
                     keywords,
+                    ids: rules.keyword_index().ids(index),
                     patterns,
                 };
                 if *required {
@@ -214,44 +206,113 @@ impl Found<'_> {
     }
 }
 
+/// The utterances of a dialogue as keyword rules see them: normalised, with the first
+/// occurrence of every keyword of the rule set found in one scan of each.
+#[derive(Default)]
+struct Texts {
+    utterances: Vec<Text>,
+    /// (keyword id, byte start of its first occurrence) of the keywords each utterance says,
+    /// utterance after utterance (see [`Text::said`]), each utterance's sorted by id.
+    said: Vec<(u32, usize)>,
+}
+
+/// An utterance's normalised text.
+struct Text {
+    sequence: i32,
+    speaker: Speaker,
+    text: String,
+    /// Where its keywords are in [`Texts::said`].
+    said: std::ops::Range<usize>,
+}
+
+impl Texts {
+    fn new(index: &KeywordIndex, dialogue: &Dialogue) -> Self {
+        let mut said = Vec::new();
+        // For each keyword id, 1 + the index of the last utterance it was found in: only its
+        // first occurrence in an utterance is kept.
+        let mut seen: Vec<usize> = Vec::new();
+        let utterances = dialogue
+            .utterances
+            .iter()
+            .enumerate()
+            .map(|(position, utterance)| {
+                let text = normalize(&utterance.text);
+                let start = said.len();
+                if !index.is_empty() && index.checks(utterance.speaker) {
+                    if seen.is_empty() {
+                        seen.resize(index.len(), 0);
+                    }
+                    let stamp = position + 1;
+                    index.find(&text, |id, at| {
+                        if let Some(last) = seen.get_mut(id as usize)
+                            && *last != stamp
+                        {
+                            *last = stamp;
+                            said.push((id, at));
+                        }
+                    });
+                    said[start..].sort_unstable_by_key(|&(id, _)| id);
+                }
+                Text {
+                    sequence: utterance.sequence,
+                    speaker: utterance.speaker,
+                    text,
+                    said: start..said.len(),
+                }
+            })
+            .collect();
+        Self { utterances, said }
+    }
+
+    /// The byte start of the first occurrence of keyword `id` in `text`, if it says it.
+    fn first(&self, text: &Text, id: u32) -> Option<usize> {
+        let said = self.said.get(text.said.clone())?;
+        said.binary_search_by_key(&id, |&(id, _)| id)
+            .ok()
+            .map(|found| said[found].1)
+    }
+}
+
 /// A keyword rule's words, applied to a dialogue.
 struct KeywordCheck<'a> {
     speaker: Option<Speaker>,
     /// Normalised.
     keywords: &'a [String],
+    /// The id of each keyword in the rule set's [`KeywordIndex`].
+    ids: &'a [u32],
     patterns: &'a [Regex],
 }
 
 impl KeywordCheck<'_> {
-    /// The sequence and normalised text of the checked side's utterances, in sequence order.
-    fn side<'t>(
-        &self,
-        texts: &'t [(i32, Speaker, String)],
-    ) -> impl Iterator<Item = (i32, &'t str)> + 't {
+    /// The checked side's utterances, in sequence order.
+    fn side<'t>(&self, texts: &'t Texts) -> impl Iterator<Item = &'t Text> + 't {
         let speaker = self.speaker;
         texts
+            .utterances
             .iter()
-            .filter(move |(_, side, _)| speaker.is_none_or(|checked| *side == checked))
-            .map(|(sequence, _, text)| (*sequence, text.as_str()))
+            .filter(move |text| speaker.is_none_or(|checked| text.speaker == checked))
     }
 
     /// A hit per keyword found (its first occurrence) and per pattern matched (its first
     /// match) in each utterance.
-    fn forbidden(&self, texts: &[(i32, Speaker, String)], found: &mut Found<'_>) {
-        for (sequence, text) in self.side(texts) {
-            for keyword in self.keywords {
-                if let Some(start) = text.find(keyword.as_str()) {
-                    found.hit(
-                        Some(sequence),
-                        Some(char_offset(text, start)),
-                        keyword.clone(),
-                    );
+    fn forbidden(&self, texts: &Texts, found: &mut Found<'_>) {
+        for utterance in self.side(texts) {
+            let text = utterance.text.as_str();
+            if !utterance.said.is_empty() {
+                for (keyword, &id) in self.keywords.iter().zip(self.ids) {
+                    if let Some(start) = texts.first(utterance, id) {
+                        found.hit(
+                            Some(utterance.sequence),
+                            Some(char_offset(text, start)),
+                            keyword.clone(),
+                        );
+                    }
                 }
             }
             for pattern in self.patterns {
                 if let Some(matched) = pattern.find(text) {
                     found.hit(
-                        Some(sequence),
+                        Some(utterance.sequence),
                         Some(char_offset(text, matched.start())),
                         matched.as_str().to_owned(),
                     );
@@ -261,12 +322,17 @@ impl KeywordCheck<'_> {
     }
 
     /// One hit, with no turn, when no utterance says any keyword or matches any pattern.
-    fn required(&self, texts: &[(i32, Speaker, String)], found: &mut Found<'_>) {
-        let said = self.side(texts).any(|(_, text)| {
-            self.keywords
-                .iter()
-                .any(|keyword| text.contains(keyword.as_str()))
-                || self.patterns.iter().any(|pattern| pattern.is_match(text))
+    fn required(&self, texts: &Texts, found: &mut Found<'_>) {
+        let said = self.side(texts).any(|utterance| {
+            (!utterance.said.is_empty()
+                && self
+                    .ids
+                    .iter()
+                    .any(|&id| texts.first(utterance, id).is_some()))
+                || self
+                    .patterns
+                    .iter()
+                    .any(|pattern| pattern.is_match(&utterance.text))
         });
         if !said {
             found.hit(None, None, String::new());
@@ -289,6 +355,7 @@ mod tests {
     use crate::quality::metrics::{Gap, Overlap};
     use crate::quality::rules::{Rule, RuleKind};
     use crate::quality::{Timing, Utterance};
+    use proptest::prelude::*;
 
     const VERSION: i64 = 7;
 
@@ -879,5 +946,386 @@ mod tests {
         );
         // Five hits of -1.
         assert_eq!(scored.score, 95.0);
+    }
+
+    /// The keyword rules' hits the way they were found before the keyword index: each keyword
+    /// of each rule searched for in each utterance of the rule's side with `str::find`.
+    fn reference_keyword_hits(rules: &CompiledRuleSet, dialogue: &Dialogue) -> Vec<Hit> {
+        let texts: Vec<(i32, Speaker, String)> = dialogue
+            .utterances
+            .iter()
+            .map(|utterance| {
+                (
+                    utterance.sequence,
+                    utterance.speaker,
+                    normalize(&utterance.text),
+                )
+            })
+            .collect();
+        let mut hits = Vec::new();
+        for rule in rules.rules() {
+            let Check::Keyword {
+                speaker,
+                keywords,
+                patterns,
+                required,
+            } = &rule.check
+            else {
+                continue;
+            };
+            let mut found = Found {
+                rule,
+                version: rules.version,
+                hits: &mut hits,
+            };
+            let side = texts
+                .iter()
+                .filter(|(_, side, _)| speaker.is_none_or(|checked| *side == checked));
+            if *required {
+                let said = side.clone().any(|(_, _, text)| {
+                    keywords
+                        .iter()
+                        .any(|keyword| text.contains(keyword.as_str()))
+                        || patterns.iter().any(|pattern| pattern.is_match(text))
+                });
+                if !said {
+                    found.hit(None, None, String::new());
+                }
+                continue;
+            }
+            for (sequence, _, text) in side {
+                for keyword in keywords {
+                    if let Some(start) = text.find(keyword.as_str()) {
+                        found.hit(
+                            Some(*sequence),
+                            Some(char_offset(text, start)),
+                            keyword.clone(),
+                        );
+                    }
+                }
+                for pattern in patterns {
+                    if let Some(matched) = pattern.find(text) {
+                        found.hit(
+                            Some(*sequence),
+                            Some(char_offset(text, matched.start())),
+                            matched.as_str().to_owned(),
+                        );
+                    }
+                }
+            }
+        }
+        hits
+    }
+
+    /// Scores keyword rules, checking the hits against [`reference_keyword_hits`].
+    fn run_keywords(rules: &[Rule], dialogue: &Dialogue) -> Scored {
+        let set = compiled(rules);
+        let scored = score(&set, &Profile::builtin(), dialogue, &Metrics::default());
+        assert_eq!(scored.hits, reference_keyword_hits(&set, dialogue));
+        scored
+    }
+
+    /// (rule_id, turn_sequence, offset, matched_text) of each hit.
+    fn rule_places(scored: &Scored) -> Vec<(&str, Option<i32>, Option<i32>, &str)> {
+        scored
+            .hits
+            .iter()
+            .map(|hit| {
+                (
+                    hit.rule_id.as_str(),
+                    hit.turn_sequence,
+                    hit.offset,
+                    hit.matched_text.as_str(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn overlapping_keywords_each_hit_at_their_first_occurrence() {
+        let minor = |id, kind| rule(id, -1.0, Severity::Minor, kind);
+        let rules = [
+            minor("long", keyword(None, &["不需要"], &[], false)),
+            minor("short", keyword(None, &["需要"], &[], false)),
+            // Both in one rule, the shorter first; and one that is a suffix of the other.
+            minor("both", keyword(None, &["需要", "不需要", "要"], &[], false)),
+        ];
+        let said = dialogue(&[
+            (1, Speaker::Customer, "我不需要，真的不需要"),
+            (2, Speaker::Customer, "需要吗？不需要"),
+            (3, Speaker::Customer, "不需"),
+        ]);
+        let scored = run_keywords(&rules, &said);
+        assert_eq!(
+            rule_places(&scored),
+            [
+                ("long", Some(1), Some(1), "不需要"),
+                ("long", Some(2), Some(4), "不需要"),
+                ("short", Some(1), Some(2), "需要"),
+                ("short", Some(2), Some(0), "需要"),
+                ("both", Some(1), Some(2), "需要"),
+                ("both", Some(1), Some(1), "不需要"),
+                ("both", Some(1), Some(3), "要"),
+                ("both", Some(2), Some(0), "需要"),
+                ("both", Some(2), Some(4), "不需要"),
+                ("both", Some(2), Some(1), "要"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_keyword_in_two_rules_or_twice_in_one_hits_for_each() {
+        let rules = [
+            rule(
+                "first",
+                -1.0,
+                Severity::Minor,
+                keyword(None, &["投诉", "举报"], &[], false),
+            ),
+            rule(
+                "second",
+                -2.0,
+                Severity::Major,
+                // Twice, once in capitals: the same keyword once normalised.
+                keyword(None, &["投诉", "ok", "OK"], &[], false),
+            ),
+        ];
+        let said = dialogue(&[
+            (1, Speaker::Robot, "投诉？Ok, 投诉"),
+            (2, Speaker::Customer, "举报 ok ok"),
+        ]);
+        let scored = run_keywords(&rules, &said);
+        assert_eq!(
+            rule_places(&scored),
+            [
+                ("first", Some(1), Some(0), "投诉"),
+                ("first", Some(2), Some(0), "举报"),
+                ("second", Some(1), Some(0), "投诉"),
+                ("second", Some(1), Some(3), "ok"),
+                ("second", Some(1), Some(3), "ok"),
+                ("second", Some(2), Some(3), "ok"),
+                ("second", Some(2), Some(3), "ok"),
+            ]
+        );
+        assert_eq!(scored.score, 100.0 - 2.0 - 10.0);
+    }
+
+    #[test]
+    fn a_keyword_said_twice_in_a_turn_hits_once_at_the_first() {
+        let rules = [rule(
+            "twice",
+            -1.0,
+            Severity::Minor,
+            keyword(None, &["aa"], &[], false),
+        )];
+        // Overlapping occurrences too: "aaa" has "aa" at 0 and 1.
+        let said = dialogue(&[(1, Speaker::Robot, "xaaa aa"), (2, Speaker::Robot, "a a")]);
+        assert_eq!(
+            rule_places(&run_keywords(&rules, &said)),
+            [("twice", Some(1), Some(1), "aa")]
+        );
+    }
+
+    #[test]
+    fn keywords_are_looked_for_only_in_their_rules_sides() {
+        let minor = |id, speaker, required| {
+            rule(
+                id,
+                -1.0,
+                Severity::Minor,
+                keyword(speaker, &["退款"], &[], required),
+            )
+        };
+        let rules = [
+            minor("robot", Some(Speaker::Robot), false),
+            minor("customer", Some(Speaker::Customer), false),
+            minor("agent", Some(Speaker::Agent), false),
+            minor("any", None, false),
+            minor("agent required", Some(Speaker::Agent), true),
+            minor("robot required", Some(Speaker::Robot), true),
+        ];
+        let said = dialogue(&[
+            (1, Speaker::Customer, "我要退款"),
+            (2, Speaker::Robot, "好的"),
+            (3, Speaker::Robot, "退款已受理"),
+            (4, Speaker::Unspecified, "退款"),
+        ]);
+        assert_eq!(
+            rule_places(&run_keywords(&rules, &said)),
+            [
+                ("robot", Some(3), Some(0), "退款"),
+                ("customer", Some(1), Some(2), "退款"),
+                ("any", Some(1), Some(2), "退款"),
+                ("any", Some(3), Some(0), "退款"),
+                ("any", Some(4), Some(0), "退款"),
+                ("agent required", None, None, ""),
+            ]
+        );
+    }
+
+    #[test]
+    fn required_and_forbidden_rules_share_keywords_and_keep_rule_order() {
+        let rules = [
+            rule(
+                "greet",
+                -5.0,
+                Severity::Major,
+                keyword(Some(Speaker::Robot), &["您好", "你好"], &[], true),
+            ),
+            rule(
+                "rude",
+                -3.0,
+                Severity::Major,
+                keyword(None, &["你好烦", "你好"], &["烦+"], false),
+            ),
+            rule(
+                "bye",
+                -2.0,
+                Severity::Minor,
+                keyword(Some(Speaker::Robot), &["再见"], &["拜拜"], true),
+            ),
+            rule(
+                "silence",
+                -1.0,
+                Severity::Minor,
+                RuleKind::Silence { max_silence_ms: 1 },
+            ),
+            rule(
+                "customer greets",
+                -1.0,
+                Severity::Info,
+                keyword(Some(Speaker::Customer), &["你好"], &[], true),
+            ),
+        ];
+        let said = dialogue(&[
+            (1, Speaker::Robot, "你好，我是客服"),
+            (2, Speaker::Customer, "你好烦烦"),
+        ]);
+        let metrics = Metrics {
+            gaps: vec![Gap {
+                after_sequence: 1,
+                before_sequence: 2,
+                ms: 10,
+            }],
+            ..Metrics::default()
+        };
+        let scored = run(&rules, &said, &metrics);
+        assert_eq!(
+            rule_places(&scored),
+            [
+                ("rude", Some(1), Some(0), "你好"),
+                ("rude", Some(2), Some(0), "你好烦"),
+                ("rude", Some(2), Some(0), "你好"),
+                ("rude", Some(2), Some(2), "烦烦"),
+                ("bye", None, None, ""),
+                ("silence", Some(2), None, ""),
+            ]
+        );
+        let keyword_rules: Vec<Rule> = rules
+            .iter()
+            .filter(|rule| matches!(rule.kind, RuleKind::Keyword { .. }))
+            .cloned()
+            .collect();
+        assert_eq!(run_keywords(&keyword_rules, &said).hits.len(), 5);
+    }
+
+    #[test]
+    fn keyword_offsets_count_characters_of_any_width() {
+        let rules = [rule(
+            "offsets",
+            -1.0,
+            Severity::Minor,
+            keyword(None, &["退款", "é", "ok", "🙂x"], &[], false),
+        )];
+        // a (1 byte), é (2), 退 (3), 🙂 (4): offsets in characters, not bytes.
+        let said = dialogue(&[
+            (1, Speaker::Robot, "aé退🙂退款"),
+            (2, Speaker::Robot, "🙂🙂X OK é"),
+            (3, Speaker::Robot, "ÉCOLE"),
+        ]);
+        assert_eq!(
+            rule_places(&run_keywords(&rules, &said)),
+            [
+                ("offsets", Some(1), Some(4), "退款"),
+                ("offsets", Some(1), Some(1), "é"),
+                ("offsets", Some(2), Some(7), "é"),
+                ("offsets", Some(2), Some(4), "ok"),
+                ("offsets", Some(2), Some(1), "🙂x"),
+                ("offsets", Some(3), Some(0), "é"),
+            ]
+        );
+    }
+
+    /// A keyword rule of random words of a small alphabet (so that keywords overlap, repeat
+    /// and share rules often), sometimes with a pattern.
+    fn random_keyword_rule() -> impl Strategy<Value = RuleKind> {
+        (
+            prop::sample::select(vec![
+                None,
+                Some(Speaker::Robot),
+                Some(Speaker::Customer),
+                Some(Speaker::Agent),
+            ]),
+            prop::collection::vec("[ab不需要好A]{1,3}", 0..5),
+            prop::collection::vec(
+                prop::sample::select(vec!["b+", "需要.?", "^a", "好$"]),
+                0..2,
+            ),
+            any::<bool>(),
+        )
+            .prop_filter_map(
+                "a keyword rule has a keyword or a pattern",
+                |(speaker, keywords, patterns, required)| {
+                    (!keywords.is_empty() || !patterns.is_empty()).then(|| RuleKind::Keyword {
+                        speaker,
+                        keywords,
+                        patterns: patterns.into_iter().map(str::to_owned).collect(),
+                        required,
+                    })
+                },
+            )
+    }
+
+    fn random_dialogue() -> impl Strategy<Value = Dialogue> {
+        let line = (
+            prop::sample::select(vec![
+                Speaker::Robot,
+                Speaker::Customer,
+                Speaker::Agent,
+                Speaker::Unspecified,
+            ]),
+            "[ab不需要好A]{0,12}",
+        );
+        prop::collection::vec(line, 0..8).prop_map(|lines| Dialogue {
+            utterances: (1..)
+                .zip(lines)
+                .map(|(sequence, (speaker, text))| Utterance {
+                    sequence,
+                    speaker,
+                    text,
+                    timing: Timing::Unknown,
+                    node: None,
+                })
+                .collect(),
+            talk_duration_ms: None,
+            end_node: None,
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn keyword_hits_match_a_search_keyword_by_keyword(
+            kinds in prop::collection::vec(random_keyword_rule(), 0..6),
+            said in random_dialogue(),
+        ) {
+            let rules: Vec<Rule> = kinds
+                .into_iter()
+                .enumerate()
+                .map(|(index, kind)| rule(&index.to_string(), -1.0, Severity::Minor, kind))
+                .collect();
+            let set = compiled(&rules);
+            let scored = score(&set, &Profile::builtin(), &said, &Metrics::default());
+            prop_assert_eq!(scored.hits, reference_keyword_hits(&set, &said));
+        }
     }
 }
