@@ -173,7 +173,8 @@ impl ComputedColumns {
         self.source_format.push(result.source_format as i16);
         self.status.push(QualityStatus::Done as i16);
         self.score.push(computed.score());
-        self.rule_set_id.push(scoring.map(|scoring| scoring.rule_set_id));
+        self.rule_set_id
+            .push(scoring.map(|scoring| scoring.rule_set_id));
         self.rule_set_version
             .push(scoring.map(|scoring| scoring.rule_set_version));
         self.violation_count.push(computed.violation_count());

@@ -28,7 +28,26 @@ pub struct SpeakerTranscript {
 
 /// The normalised form searches compare: lower case.
 pub fn normalize(text: &str) -> String {
-    text.to_lowercase()
+    if text.is_ascii() {
+        return text.to_ascii_lowercase();
+    }
+    // Most of a Chinese dialogue: ASCII and CJK characters without case need no table lookup.
+    // Anything else goes the general way (which also knows a word-final sigma).
+    if !text
+        .chars()
+        .all(|character| character.is_ascii() || is_caseless_cjk(character))
+    {
+        return text.to_lowercase();
+    }
+    text.chars()
+        .map(|character| character.to_ascii_lowercase())
+        .collect()
+}
+
+/// CJK symbols and punctuation, kana, and the unified ideographs (U+3000 to U+9FFF): no
+/// character there has a lower-case mapping (a unit test checks every one).
+pub fn is_caseless_cjk(character: char) -> bool {
+    ('\u{3000}'..='\u{9FFF}').contains(&character)
 }
 
 /// The transcripts of a dialogue, one per speaker that said something, in speaker order.
@@ -132,6 +151,29 @@ fn gram_key(tenant: &TenantId, gram: &[char]) -> i32 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn normalize_lowers_like_to_lowercase_and_skips_only_caseless_characters() {
+        for code in 0x3000..=0x9FFF_u32 {
+            if let Some(character) = char::from_u32(code) {
+                assert!(is_caseless_cjk(character));
+                assert_eq!(
+                    character.to_lowercase().collect::<String>(),
+                    character.to_string(),
+                    "U+{code:04X} has a lower case"
+                );
+            }
+        }
+        for text in [
+            "ABC 不需要 ÄÖÜ ΣΑΣ Ａｂ İ",
+            "plain ascii TEXT",
+            "",
+            "全角ＡＢＣ，好的。",
+        ] {
+            assert_eq!(normalize(text), text.to_lowercase(), "{text}");
+        }
+    }
+
     use super::*;
 
     fn tenant(name: &str) -> TenantId {

@@ -155,7 +155,7 @@ fn side_metrics(
             utterance
                 .text
                 .chars()
-                .filter(|character| character.is_alphanumeric())
+                .filter(|&character| is_letter_or_digit(character))
                 .count(),
         );
         speaking_time_ms = speaking_time_ms
@@ -265,8 +265,31 @@ fn count_i32(count: usize) -> i32 {
     i32::try_from(count).unwrap_or(i32::MAX)
 }
 
+/// `char::is_alphanumeric`, without its table lookup for the CJK unified ideographs (all
+/// letters), which are most of a Chinese dialogue.
+fn is_letter_or_digit(character: char) -> bool {
+    ('\u{4E00}'..='\u{9FFF}').contains(&character) || character.is_alphanumeric()
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn letters_and_digits_are_counted_as_char_is_alphanumeric_counts_them() {
+        for code in 0x4E00..=0x9FFF_u32 {
+            if let Some(character) = char::from_u32(code) {
+                assert_eq!(
+                    is_letter_or_digit(character),
+                    character.is_alphanumeric(),
+                    "U+{code:04X}"
+                );
+            }
+        }
+        for character in ['a', '7', '，', ' ', 'é', '〇', '々', '!'] {
+            assert_eq!(is_letter_or_digit(character), character.is_alphanumeric());
+        }
+    }
+
     use chrono::{TimeZone, Utc};
 
     use super::*;
