@@ -47,30 +47,9 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
         let local_addr = listener.local_addr()?;
-        let webhook_listener = match config.webhook_listen_addr {
-            Some(address) => Some(
-                TcpListener::bind(address)
-                    .await
-                    .with_context(|| format!("cannot listen for webhooks on {address}"))?,
-            ),
-            None => None,
-        };
-        let metrics_listener = match config.metrics_listen_addr {
-            Some(address) => Some(
-                TcpListener::bind(address)
-                    .await
-                    .with_context(|| format!("cannot listen for metrics on {address}"))?,
-            ),
-            None => None,
-        };
-        let health_listener = match config.health_listen_addr {
-            Some(address) => Some(
-                TcpListener::bind(address)
-                    .await
-                    .with_context(|| format!("cannot listen for health checks on {address}"))?,
-            ),
-            None => None,
-        };
+        let webhook_listener = bind_optional(config.webhook_listen_addr, "webhooks").await?;
+        let metrics_listener = bind_optional(config.metrics_listen_addr, "metrics").await?;
+        let health_listener = bind_optional(config.health_listen_addr, "health checks").await?;
         Ok(Self {
             config,
             listener,
@@ -336,6 +315,21 @@ impl Application {
         }
         tracing::info!("stopped");
         outcome.and(drained)
+    }
+}
+
+/// Binds a listener of an optional address; `what` names it in the error.
+async fn bind_optional(
+    address: Option<SocketAddr>,
+    what: &str,
+) -> anyhow::Result<Option<TcpListener>> {
+    match address {
+        Some(address) => {
+            Ok(Some(TcpListener::bind(address).await.with_context(
+                || format!("cannot listen for {what} on {address}"),
+            )?))
+        }
+        None => Ok(None),
     }
 }
 

@@ -819,6 +819,17 @@ struct Pki {
     client_der: Vec<u8>,
 }
 
+impl Pki {
+    /// The server's TLS settings, requiring client certificates of the CA with `mutual`.
+    fn server_tls(&self, mutual: bool) -> callstore::config::TlsSettings {
+        callstore::config::TlsSettings {
+            cert: self.dir.join("server.pem"),
+            key: self.dir.join("server.key"),
+            client_ca: mutual.then(|| self.dir.join("ca.pem")),
+        }
+    }
+}
+
 fn pki() -> Pki {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -867,11 +878,7 @@ async fn a_registered_client_certificate_authenticates_over_mutual_tls() {
     let database = crate::helpers::fresh_database(crate::helpers::FromTemplate::Yes).await;
     let config = crate::helpers::config_for(&database, |config| {
         config.auth.required = true;
-        config.tls = Some(callstore::config::TlsSettings {
-            cert: pki.dir.join("server.pem"),
-            key: pki.dir.join("server.key"),
-            client_ca: Some(pki.dir.join("ca.pem")),
-        });
+        config.tls = Some(pki.server_tls(true));
     });
     let app = crate::helpers::start(config).await;
     let pool = sqlx::PgPool::connect_with(database)
@@ -954,11 +961,7 @@ async fn the_plaintext_health_listener_serves_health_checks_only() {
     let database = crate::helpers::fresh_database(crate::helpers::FromTemplate::Yes).await;
     let config = crate::helpers::config_for(&database, |config| {
         config.auth.required = true;
-        config.tls = Some(callstore::config::TlsSettings {
-            cert: pki.dir.join("server.pem"),
-            key: pki.dir.join("server.key"),
-            client_ca: None,
-        });
+        config.tls = Some(pki.server_tls(false));
         config.health_listen_addr = Some(crate::helpers::loopback_port_0());
     });
     let app = crate::helpers::start(config).await;
