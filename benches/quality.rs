@@ -29,7 +29,7 @@ mod support;
 use std::collections::VecDeque;
 use std::hint::black_box;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
@@ -38,23 +38,21 @@ use callstore::domain::call::Turn;
 use callstore::proto::ingest_service_client::IngestServiceClient;
 use callstore::proto::quality_service_client::QualityServiceClient;
 use callstore::proto::{
-    CreateRuleSetRequest, IngestCallsRequest, IngestOutcome, QualitySource, RuleSet, Severity,
-    Speaker,
+    CreateRuleSetRequest, IngestCallsRequest, QualitySource, RuleSet, Severity, Speaker,
 };
 use callstore::quality::rules::{CompiledRuleSet, Rule, RuleKind};
 use callstore::quality::score::Profile;
 use callstore::quality::{Computed, Dialogue, Scorer, inspect, metrics};
 use clap::Parser;
 use prost::Message as _;
-use tonic::transport::Channel;
 
-use support::cpu::{CpuSnapshot, CpuSplit};
+use support::cpu::CpuSplit;
 use support::generator::{BENCH_TENANT, Generator, GeneratorConfig};
 use support::header::RunHeader;
+use support::load::closed_loop_ingest;
 use support::report::{Table, bytes, per_second, rate, thousands, verdict};
 use support::server::{
-    BenchDatabase, DEFAULT_ADMIN_URL, Databases, ServerProcess, database_marker, server_binary,
-    tenant_request,
+    BenchDatabase, DEFAULT_ADMIN_URL, Databases, ServerProcess, server_binary, tenant_request,
 };
 
 /// Target: ingest with scoring on may be at most this much slower than with it off, in %.
@@ -1065,13 +1063,13 @@ async fn run_scenario(
         clients.push(IngestServiceClient::new(server.channel().await?));
     }
     let requests: VecDeque<IngestCallsRequest> = workload.requests.iter().cloned().collect();
-    let load = match run_load(scenario.label(), clients, requests, server.pid()).await {
+    let load = match closed_loop_ingest(scenario.label(), clients, requests, server.pid()).await {
         Ok(load) => load,
         Err(error) => return Err(with_server_log(error, &server)),
     };
     server.stop().await?;
 
-    let created = load.created;
+    let created = load.ids.len();
     if created != workload.calls || load.first_problem.is_some() {
         bail!(
             "{}: {created} of {} calls CREATED; first other: {}",
@@ -1196,93 +1194,6 @@ async fn check_stored(
         ),
     }
     Ok(stored)
-}
-
-/// What a load of requests did.
-struct Load {
-    created: usize,
-    /// The first item that was not CREATED, described.
-    first_problem: Option<String>,
-    cpu: CpuSplit,
-}
-
-/// Sends every request, the clients taking the next one from a shared queue as soon as their
-/// previous request is answered (closed loop), and counts the CREATED items.
-async fn run_load(
-    label: &'static str,
-    clients: Vec<IngestServiceClient<Channel>>,
-    requests: VecDeque<IngestCallsRequest>,
-    server_pid: u32,
-) -> anyhow::Result<Load> {
-    let queue = Arc::new(Mutex::new(requests));
-    let before = CpuSnapshot::take(Some(server_pid), &database_marker())?;
-    let mut tasks = Vec::with_capacity(clients.len());
-    for mut client in clients {
-        let queue = Arc::clone(&queue);
-        tasks.push(tokio::spawn(async move {
-            let mut created = 0_usize;
-            let mut first_problem = None;
-            loop {
-                let next = queue.lock().ok().and_then(|mut queue| queue.pop_front());
-                let Some(request) = next else { break };
-                let sent = request.calls.len();
-                let response = client
-                    .ingest_calls(tenant_request(BENCH_TENANT, request))
-                    .await
-                    .with_context(|| format!("{label}: IngestCalls failed"))?
-                    .into_inner();
-                ensure!(
-                    response.results.len() == sent,
-                    "{label}: {} results for {sent} calls",
-                    response.results.len()
-                );
-                for result in response.results {
-                    if result.outcome == IngestOutcome::Created as i32 {
-                        created += 1;
-                    } else if first_problem.is_none() {
-                        first_problem = Some(format!(
-                            "{} is {:?}: {:?}",
-                            result.source_id,
-                            IngestOutcome::try_from(result.outcome),
-                            result.error
-                        ));
-                    }
-                }
-            }
-            anyhow::Ok((created, first_problem))
-        }));
-    }
-
-    let mut created = 0;
-    let mut first_problem = None;
-    let mut failure = None;
-    for task in tasks {
-        match task.await {
-            Ok(Ok((client_created, problem))) => {
-                created += client_created;
-                first_problem = first_problem.or(problem);
-            }
-            Ok(Err(error)) => {
-                // The others stop as the queue is drained; keep the first error.
-                if let Ok(mut queue) = queue.lock() {
-                    queue.clear();
-                }
-                failure.get_or_insert(error);
-            }
-            Err(error) => {
-                failure.get_or_insert(anyhow::anyhow!("{label}: a client task failed: {error}"));
-            }
-        }
-    }
-    let after = CpuSnapshot::take(Some(server_pid), &database_marker())?;
-    if let Some(error) = failure {
-        return Err(error);
-    }
-    Ok(Load {
-        created,
-        first_problem,
-        cpu: before.until(&after),
-    })
 }
 
 /// The error, then the end of the server's log (kept on disk for a failed run).

@@ -50,7 +50,7 @@ mod support;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
@@ -59,8 +59,8 @@ use callstore::db::{PoolSettings, Scope, lazy_pool};
 use callstore::proto::ingest_service_client::IngestServiceClient;
 use callstore::proto::query_service_client::QueryServiceClient;
 use callstore::proto::{
-    CallFilter, GetCallDetailRequest, GetTaskStatsRequest, IngestCallsRequest, IngestOutcome,
-    Int64Range, ListCallsRequest,
+    CallFilter, GetCallDetailRequest, GetTaskStatsRequest, IngestCallsRequest, Int64Range,
+    ListCallsRequest,
 };
 use clap::Parser;
 use prost::Message as _;
@@ -69,13 +69,13 @@ use sqlx::{AssertSqlSafe, ConnectOptions as _, Connection as _, PgConnection, Pg
 use tonic::transport::Channel;
 use uuid::Uuid;
 
-use support::cpu::{CpuSnapshot, CpuSplit};
+use support::cpu::CpuSplit;
 use support::generator::{BENCH_TENANT, Generator, GeneratorConfig};
 use support::header::RunHeader;
+use support::load::closed_loop_ingest;
 use support::report::{Table, bytes, millis, per_second, percentile, rate, thousands};
 use support::server::{
-    BenchDatabase, DEFAULT_ADMIN_URL, Databases, ServerProcess, database_marker, server_binary,
-    tenant_request,
+    BenchDatabase, DEFAULT_ADMIN_URL, Databases, ServerProcess, server_binary, tenant_request,
 };
 
 /// Calls a run ingests by default, and with `--quick`.
@@ -593,7 +593,7 @@ async fn run_scenario(
         clients.push(IngestServiceClient::new(server.channel().await?));
     }
     let requests: VecDeque<IngestCallsRequest> = workload.requests.iter().cloned().collect();
-    let load = match ingest(scenario.label(), clients, requests, server.pid()).await {
+    let load = match closed_loop_ingest(scenario.label(), clients, requests, server.pid()).await {
         Ok(load) => load,
         Err(error) => return Err(with_server_log(error, &server)),
     };
@@ -641,96 +641,6 @@ async fn run_scenario(
         visible,
         reads,
         micro,
-    })
-}
-
-/// What the ingest did.
-struct Load {
-    /// Server ids of the CREATED calls.
-    ids: Vec<Uuid>,
-    /// The first item that was not CREATED, described.
-    first_problem: Option<String>,
-    cpu: CpuSplit,
-}
-
-/// Sends every request, the clients taking the next one from a shared queue as soon as their
-/// previous request is answered (closed loop), and collects the ids of the CREATED calls.
-async fn ingest(
-    label: &'static str,
-    clients: Vec<IngestServiceClient<Channel>>,
-    requests: VecDeque<IngestCallsRequest>,
-    server_pid: u32,
-) -> anyhow::Result<Load> {
-    let queue = Arc::new(Mutex::new(requests));
-    let before = CpuSnapshot::take(Some(server_pid), &database_marker())?;
-    let mut tasks = Vec::with_capacity(clients.len());
-    for mut client in clients {
-        let queue = Arc::clone(&queue);
-        tasks.push(tokio::spawn(async move {
-            let mut ids = Vec::new();
-            let mut first_problem = None;
-            loop {
-                let next = queue.lock().ok().and_then(|mut queue| queue.pop_front());
-                let Some(request) = next else { break };
-                let sent = request.calls.len();
-                let response = client
-                    .ingest_calls(tenant_request(BENCH_TENANT, request))
-                    .await
-                    .with_context(|| format!("{label}: IngestCalls failed"))?
-                    .into_inner();
-                ensure!(
-                    response.results.len() == sent,
-                    "{label}: {} results for {sent} calls",
-                    response.results.len()
-                );
-                for result in response.results {
-                    if result.outcome == IngestOutcome::Created as i32 {
-                        ids.push(Uuid::parse_str(&result.id).with_context(|| {
-                            format!("{label}: call id {:?} is not a UUID", result.id)
-                        })?);
-                    } else if first_problem.is_none() {
-                        first_problem = Some(format!(
-                            "{} is {:?}: {:?}",
-                            result.source_id,
-                            IngestOutcome::try_from(result.outcome),
-                            result.error
-                        ));
-                    }
-                }
-            }
-            anyhow::Ok((ids, first_problem))
-        }));
-    }
-
-    let mut ids = Vec::new();
-    let mut first_problem = None;
-    let mut failure = None;
-    for task in tasks {
-        match task.await {
-            Ok(Ok((created, problem))) => {
-                ids.extend(created);
-                first_problem = first_problem.or(problem);
-            }
-            Ok(Err(error)) => {
-                // The others stop as the queue is drained; keep the first error.
-                if let Ok(mut queue) = queue.lock() {
-                    queue.clear();
-                }
-                failure.get_or_insert(error);
-            }
-            Err(error) => {
-                failure.get_or_insert(anyhow::anyhow!("{label}: a client task failed: {error}"));
-            }
-        }
-    }
-    let after = CpuSnapshot::take(Some(server_pid), &database_marker())?;
-    if let Some(error) = failure {
-        return Err(error);
-    }
-    Ok(Load {
-        ids,
-        first_problem,
-        cpu: before.until(&after),
     })
 }
 

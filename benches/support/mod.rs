@@ -8,6 +8,7 @@
 pub mod cpu;
 pub mod generator;
 pub mod header;
+pub mod load;
 pub mod report;
 pub mod server;
 
